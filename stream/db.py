@@ -1,0 +1,181 @@
+"""The PostgreSQL schema as SQLAlchemy 2 models.  Alembic (``migrations/``) owns the live schema.
+
+Every table that the stream writes has a natural unique key, so every write is an upsert and a Kafka
+replay rewrites the same rows instead of adding new ones:
+
+* ``posts``             (platform, post_id)
+* ``post_media``        (post_pk, url)
+* ``sentiments``        (post_pk, model_version) — a new checkpoint adds rows, never rewrites old ones
+* ``window_aggregates`` (topic, window_start, window_seconds, model_version) — recomputed from rows
+* ``alerts``            (topic, kind, window_start, window_seconds)
+* ``dead_letters``      (source_topic, source_partition, source_offset)
+* ``source_cursors``    (source) — connectors resume from here after a restart
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class PostRow(Base):
+    __tablename__ = "posts"
+    __table_args__ = (
+        UniqueConstraint("platform", "post_id"),
+        Index("ix_posts_topic_created_at", "topic", "created_at"),
+        Index("ix_posts_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(Text)
+    post_id: Mapped[str] = mapped_column(Text)
+    author: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    text: Mapped[str] = mapped_column(Text)
+    lang: Mapped[str | None] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text)
+    topic: Mapped[str] = mapped_column(Text)
+    keywords: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    raw: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class PostMediaRow(Base):
+    __tablename__ = "post_media"
+    __table_args__ = (UniqueConstraint("post_pk", "url"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    post_pk: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    # pending | ok | too_large | bad_type | timeout | blocked | http_error | skipped
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    content_type: Mapped[str | None] = mapped_column(Text)
+    bytes: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(Text)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SentimentRow(Base):
+    __tablename__ = "sentiments"
+    __table_args__ = (
+        UniqueConstraint("post_pk", "model_version"),
+        Index("ix_sentiments_model_version_scored_at", "model_version", "scored_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    post_pk: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(Text)
+    p_negative: Mapped[float] = mapped_column(Float)
+    p_neutral: Mapped[float] = mapped_column(Float)
+    p_positive: Mapped[float] = mapped_column(Float)
+    intensity: Mapped[float] = mapped_column(Float)
+    modality_weights: Mapped[dict[str, float] | None] = mapped_column(JSONB)
+    modalities: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WindowAggregateRow(Base):
+    __tablename__ = "window_aggregates"
+    __table_args__ = (
+        UniqueConstraint("topic", "window_start", "window_seconds", "model_version"),
+        Index("ix_window_aggregates_topic_window_seconds_window_start", "topic", "window_seconds", "window_start"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str] = mapped_column(Text)
+    n_posts: Mapped[int] = mapped_column(Integer)
+    n_negative: Mapped[int] = mapped_column(Integer)
+    n_neutral: Mapped[int] = mapped_column(Integer)
+    n_positive: Mapped[int] = mapped_column(Integer)
+    mean_intensity: Mapped[float | None] = mapped_column(Float)
+    negative_share: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("topic", "kind", "window_start", "window_seconds"),
+        Index("ix_alerts_topic_created_at", "topic", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text, server_default="negative_spike")
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str] = mapped_column(Text)
+    observed: Mapped[float] = mapped_column(Float)
+    expected: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    n_posts: Mapped[int] = mapped_column(Integer)
+    n_negative: Mapped[int] = mapped_column(Integer)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    webhook_status: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetterRow(Base):
+    __tablename__ = "dead_letters"
+    __table_args__ = (UniqueConstraint("source_topic", "source_partition", "source_offset"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    source_topic: Mapped[str] = mapped_column(Text)
+    source_partition: Mapped[int] = mapped_column(Integer)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SourceCursorRow(Base):
+    __tablename__ = "source_cursors"
+
+    source: Mapped[str] = mapped_column(Text, primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+__all__ = [
+    "AlertRow", "Base", "DeadLetterRow", "PostMediaRow", "PostRow", "SentimentRow",
+    "SourceCursorRow", "WindowAggregateRow",
+]
