@@ -140,6 +140,27 @@ def load_mvsa(split: str, root: Path | None = None) -> list[Example]:
     return examples
 
 
+SPLITS: tuple[tuple[str, str], ...] = (
+    ("tweeteval", "val"),
+    ("mvsa", "dev"),
+    ("mvsa", "train"),
+    ("semeval", "train"),
+)
+"""Every (dataset, split) the model trains or validates on; ("semeval", "train") is the SemEval pool
+without the TweetEval validation tweets."""
+
+
+def load_split(dataset: str, split: str) -> list[Example]:
+    """Examples of one entry of ``SPLITS``, by the short names the feature cache and CLIs use."""
+    if dataset == "tweeteval" and split == "val":
+        return load_tweeteval_val()
+    if dataset == "mvsa":
+        return load_mvsa(split)
+    if dataset == "semeval" and split == "train":
+        return training_pool_without(load_tweeteval_val())
+    raise ValueError(f"unknown split {dataset}/{split}; known: {', '.join(f'{d}/{s}' for d, s in SPLITS)}")
+
+
 def training_pool_without(
     val_examples: Iterable[Example], pool: list[Example] | None = None
 ) -> list[Example]:

@@ -24,7 +24,14 @@ from model.inputs import normalize_text
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+DEFAULT_TEXT_ENCODER = "minilm-l6"
+_PACKAGED_MINILM_NAMES = {
+    None,
+    DEFAULT_TEXT_ENCODER,
+    "all-MiniLM-L6-v2",
+    "sentence-transformers/all-MiniLM-L6-v2",
+}
+"""Names that mean the offline, packaged MiniLM-L6 (never a download)."""
 DEFAULT_IMAGE_ENCODER = "efficientnet_lite0"
 IMAGE_SIZE = 224
 RESIZE_SIZE = 256
@@ -39,15 +46,16 @@ def _default_text_encoder_path() -> Path:
 class TextEncoder(nn.Module):
     """Subword tokenizer + transformer encoder: ``tokenize`` then ``forward`` -> (B, T, D_t).
 
-    ``name_or_path=None`` loads the offline MiniLM-L6 (D_t = 384) with ``HF_HUB_OFFLINE=1``; any
-    other Hugging Face name or local path works where its weights are already on disk.
+    ``name_or_path=None`` (or "minilm-l6", "all-MiniLM-L6-v2") loads the packaged MiniLM-L6
+    (D_t = 384) with ``HF_HUB_OFFLINE=1``; any other Hugging Face name or local path works where its
+    weights are already on disk.
     """
 
     def __init__(self, name_or_path: str | None = None, max_length: int = 128) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        if name_or_path is None:
+        if name_or_path in _PACKAGED_MINILM_NAMES:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             source: str | Path = _default_text_encoder_path()
             self.name = DEFAULT_TEXT_ENCODER
