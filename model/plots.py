@@ -128,7 +128,7 @@ def _cell(x: float, y: float, colour) -> Rectangle:
     return Rectangle((x + 0.03, y + 0.03), 0.94, 0.94, facecolor=colour, edgecolor="white")
 
 
-def _shorten(token: str, limit: int = 12) -> str:
+def _shorten(token: str, limit: int = 14) -> str:
     return token if len(token) <= limit else token[: limit - 1] + "…"
 
 
