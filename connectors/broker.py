@@ -76,3 +76,38 @@ def faust_broker_settings(target: BrokerTarget) -> dict[str, Any]:
         settings["producer_max_batch_size"] = EMBEDDED_MAX_BATCH_BYTES
         settings["producer_linger"] = 0.0
     return settings
+
+
+def ensure_topics(target: BrokerTarget, names: list[str], partitions: int, replication: int = 1,
+                  timeout_s: float = 30.0) -> None:
+    """Create missing topics (idempotent), retrying while the broker is still starting.
+
+    Topics are created explicitly, not by auto-create, so the partition count (the ceiling on worker
+    processes) is the configured one everywhere.
+    """
+    import time
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=target.bootstrap_servers.split(","),
+                                     request_timeout_ms=10_000)
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+            except TopicAlreadyExistsError:
+                pass  # a concurrent process created it first
+    finally:
+        admin.close()

@@ -1,0 +1,130 @@
+"""The Faust worker: App -> topics -> the one agent -> run.
+
+The agent reads ``posts.raw`` in micro-batches bounded by size and latency and hands each batch to
+``BatchProcessor`` (stream/pipeline.py).  It uses ``noack_take`` and acks a batch's messages itself,
+only after the batch is committed in PostgreSQL: Faust's plain ``take`` acks a batch even when the loop
+body raises or is cancelled at shutdown, which would commit offsets of posts that were never saved.
+Concurrency stays 1 per worker process (``concurrency > 1`` can commit past a message still in flight,
+faust-streaming #606); scale out with more processes, up to one per partition.
+
+No windowed Faust tables: windows and alerts are recomputed from PostgreSQL rows (stream/windows.py),
+which survives restarts and replays without a changelog topic (the embedded broker has no compaction).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from connectors.broker import BrokerTarget, ensure_topics, faust_broker_settings
+from stream.pipeline import BatchProcessor, RawMessage
+from stream.settings import Settings
+from stream.sink import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerState:
+    """What /health reports and what the agent built at start-up."""
+
+    processor: BatchProcessor | None = None
+    model_version: str | None = None
+    model_error: str | None = None
+    database_up: bool = False
+    database_error: str | None = None
+    batches: int = 0
+    posts_written: int = 0
+    dead_letters: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+ProcessorFactory = Any  # Callable[[faust.App, WorkerState], Awaitable[BatchProcessor]]
+
+
+def create_app(settings: Settings, broker: BrokerTarget, processor_factory: ProcessorFactory) -> faust.App:
+    """Build the Faust app for one worker process; ``processor_factory`` wires the pipeline parts."""
+    app = faust.App(
+        settings.consumer_group,
+        **faust_broker_settings(broker),
+        datadir=str(settings.home / "faust"),
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_in_thread=False,
+    )
+    raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw",
+                          partitions=settings.topic_partitions)
+    dead_topic = app.topic(settings.topic_deadletter, key_type=bytes, value_type=bytes,
+                           key_serializer="raw", value_serializer="raw",
+                           partitions=settings.topic_partitions)
+    state = WorkerState()
+    app.sentistream_state = state  # type: ignore[attr-defined]
+
+    async def publish_dead_letters(dead: Sequence[DeadLetter]) -> None:
+        for d in dead:
+            await dead_topic.send(key=d.key.encode() if d.key else None, value=d.to_json())
+
+    app.sentistream_publish_dead_letters = publish_dead_letters  # type: ignore[attr-defined]
+
+    @app.agent(raw_topic, concurrency=1)
+    async def score_posts(stream: faust.StreamT) -> None:
+        if state.processor is None:
+            state.processor = await processor_factory(app, state)
+        processor = state.processor
+        within = settings.batch_latency_ms / 1000.0
+        async for events in stream.noack_take(settings.batch_size, within=within):
+            messages = [
+                RawMessage(e.message.topic, e.message.partition, e.message.offset,
+                           e.message.key, e.message.value, e.message.timestamp)
+                for e in events
+            ]
+            try:
+                report = await processor.process(messages)
+            except Exception:  # noqa: BLE001 - only when stopping with the database down
+                log.warning("batch of %d not saved (worker stopping); not acked, it will be redelivered",
+                            len(messages))
+                continue
+            state.batches += 1
+            state.posts_written += report.written.posts if report.written else 0
+            state.dead_letters += len(report.dead_letters)
+            for e in events:
+                await stream.ack(e)
+            log.debug("batch of %d saved in %.3fs", len(messages), report.seconds)
+
+    app.sentistream_agent = score_posts  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(settings: Settings, broker: BrokerTarget, processor_factory: ProcessorFactory) -> int:
+    """Create topics, build the app, and run it until SIGTERM/SIGINT; returns the exit code."""
+    ensure_topics(broker, [settings.topic_raw, settings.topic_deadletter, settings.topic_alerts],
+                  settings.topic_partitions)
+    app = create_app(settings, broker, processor_factory)
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=settings.log_level.upper() if settings.log_level != "warning" else "WARN",
+                    quiet=True, redirect_stdouts=False, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def default_executor() -> ThreadPoolExecutor:
+    """Blocking work (tokenization, inference, psycopg2) runs here so Kafka heartbeats keep flowing."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="sentistream")
+

@@ -1,0 +1,170 @@
+"""The ``sentistream`` command: the composition root that hands each subcommand its services.
+
+Subcommands: demo, worker, db (upgrade/downgrade/current), trends, rescore, ingest <source>, model <verb>.
+Settings come from SENTISTREAM_* variables (stream/settings.py); unset broker/database URLs start the
+embedded services.  ``ingest`` and ``model`` are registered by their own packages (connectors.cli,
+model.cli), which receive what they need as arguments and never import this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+
+from connectors.broker import BrokerTarget
+from stream.settings import Settings, SettingsError
+
+log = logging.getLogger("sentistream")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def resolve_broker_and_database(need_database: bool = True) -> Iterator[tuple[BrokerTarget, str]]:
+    """What connectors get instead of importing stream: a broker target and a database URL."""
+    from stream.embedded import services
+
+    settings = Settings.from_env()
+    with services(settings, need_database=need_database) as resolved:
+        yield resolved.broker, resolved.database_url
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.worker import main
+
+    return main(settings)
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from stream import migrate
+    from stream.embedded import services
+
+    with services(settings, need_broker=False) as resolved:
+        engine = migrate.make_engine(resolved.database_url)
+        migrate.wait_for_database(engine)
+        if args.db_command == "upgrade":
+            migrate.upgrade(resolved.database_url, args.revision)
+            _out(f"schema at {migrate.current_revision(engine)}")
+        elif args.db_command == "downgrade":
+            migrate.downgrade(resolved.database_url, args.revision)
+            _out(f"schema at {migrate.current_revision(engine) or 'base (empty)'}")
+        else:
+            current, head = migrate.current_revision(engine), migrate.head_revision()
+            _out(f"current {current or 'none'}; code head {head}; {'up to date' if current == head else 'OUTDATED'}")
+        engine.dispose()
+    return 0
+
+
+def cmd_trends(args: argparse.Namespace, settings: Settings) -> int:
+    from stream import trends
+    from stream.embedded import services
+    from stream.migrate import check_schema, make_engine
+
+    with services(settings, need_broker=False) as resolved:
+        engine = make_engine(resolved.database_url)
+        check_schema(engine)
+        rows = trends.query_trends(engine, topic=args.topic, since=args.since, bucket=args.bucket)
+        engine.dispose()
+    if not rows:
+        _out(f"no posts for topic={args.topic or '(all)'} in the last {args.since}")
+        return 0
+    _out(trends.render_trends(rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(settings, timeout_s=args.timeout, keep_data=args.keep_data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentistream", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default from settings)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="embedded services + bundled sample posts -> trends table")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.add_argument("--keep-data", action="store_true", help="keep the demo database between runs")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("worker", help="run the stream worker (Faust) until SIGTERM")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("db", help="database schema (Alembic)")
+    db_sub = p.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply migrations")
+    up.add_argument("revision", nargs="?", default="head")
+    down = db_sub.add_parser("downgrade", help="revert migrations")
+    down.add_argument("revision", nargs="?", default="base")
+    db_sub.add_parser("current", help="show the schema revision")
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("trends", help="windowed sentiment trend per topic from the analyst views")
+    p.add_argument("--topic", default=None)
+    p.add_argument("--since", default="1h", help="e.g. 30m, 1h, 1d")
+    p.add_argument("--bucket", choices=["minute", "hour"], default="minute")
+    p.set_defaults(func=cmd_trends)
+
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub: argparse._SubParsersAction) -> None:
+    """Subcommands owned by other packages; each registers its own parsers."""
+    try:
+        from stream import rescore
+    except ImportError:  # pragma: no cover - rescore arrives with the scoring issue
+        pass
+    else:
+        rescore.register(sub)
+    import importlib
+
+    for module, args in (("connectors.cli", (resolve_broker_and_database,)), ("model.cli", ())):
+        try:
+            importlib.import_module(module).register(sub, *args)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            log.debug("%s not installed; its subcommands are unavailable", module)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        parser.error(str(exc))
+    _configure_logging(args.log_level or settings.log_level)
+    try:
+        return int(args.func(args, settings) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line for known failures, traceback at debug
+        from stream.migrate import SchemaOutdatedError
+
+        if isinstance(exc, SchemaOutdatedError | FileNotFoundError | SettingsError):
+            log.error("%s", exc)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

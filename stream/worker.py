@@ -1,0 +1,99 @@
+"""Composition root of the worker process: database, sink, scorer, media and alerting, wired once.
+
+Kept apart from ``stream/app.py`` so the Faust file stays a short declaration and so tests can build the
+same ``BatchProcessor`` without Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from connectors.post import Post
+from stream.app import WorkerState, run_worker
+from stream.embedded import services
+from stream.migrate import check_schema, make_engine, wait_for_database
+from stream.pipeline import BatchProcessor
+from stream.settings import Settings
+from stream.sink import PostgresSink
+
+log = logging.getLogger(__name__)
+
+
+def load_scorer(settings: Settings) -> Any | None:
+    """The model's batch Scorer, or None (posts stored unscored) when no checkpoint is available."""
+    try:
+        from model.scorer import Scorer
+    except ImportError as exc:
+        log.warning("model package unavailable (%s): posts will be stored without sentiment", exc)
+        return None
+    path: Path | None = settings.checkpoint
+    if path is not None and not path.exists():
+        raise FileNotFoundError(f"SENTISTREAM_CHECKPOINT={path} does not exist")
+    try:
+        scorer = Scorer.from_checkpoint(path, device=settings.device)
+    except FileNotFoundError as exc:
+        log.warning("no model checkpoint (%s): posts will be stored without sentiment", exc)
+        return None
+    log.info("scoring with model %s on %s", scorer.model_version, getattr(scorer, "device", "?"))
+    return scorer
+
+
+def score_input_factory() -> Any:
+    """Adapter from a Post and its decoded images to the model's ScoreInput."""
+    from model.scorer import ScoreInput
+
+    def build(post: Post, images: list[Any]) -> Any:
+        return ScoreInput(text=post.text, images=images)
+
+    return build
+
+
+def build_processor(settings: Settings, database_url: str, *, scorer: Any | None,
+                    executor: Executor | None = None, publish_dead_letters: Any = None,
+                    should_stop: Any = lambda: False, state: WorkerState | None = None) -> BatchProcessor:
+    """Everything the agent needs for one batch; also used by tests and benchmarks without Kafka."""
+    engine = make_engine(database_url)
+    sink = PostgresSink(engine)
+
+    def on_db_state(up: bool, error: str | None) -> None:
+        if state is not None:
+            state.database_up, state.database_error = up, error
+
+    return BatchProcessor(
+        sink,
+        scorer=scorer,
+        score_input=score_input_factory() if scorer is not None else None,
+        publish_dead_letters=publish_dead_letters,
+        executor=executor,
+        should_stop=should_stop,
+        on_db_state=on_db_state,
+    )
+
+
+def main(settings: Settings) -> int:
+    """`sentistream worker`: resolve services, check the schema, load the model, run the Faust worker."""
+    with services(settings) as resolved:
+        engine = make_engine(resolved.database_url)
+        wait_for_database(engine)
+        check_schema(engine)
+        engine.dispose()
+        scorer = load_scorer(settings)
+
+        async def processor_factory(app: faust.App, state: WorkerState) -> BatchProcessor:
+            state.model_version = scorer.model_version if scorer is not None else None
+            state.database_up = True
+            return build_processor(
+                settings, resolved.database_url, scorer=scorer,
+                publish_dead_letters=app.sentistream_publish_dead_letters,  # type: ignore[attr-defined]
+                should_stop=lambda: app.should_stop, state=state,
+            )
+
+        log.info("worker consuming %s from %s (embedded=%s)", settings.topic_raw,
+                 resolved.broker.bootstrap_servers, resolved.broker.embedded)
+        return run_worker(settings, resolved.broker, processor_factory)
+
