@@ -40,6 +40,7 @@ class Settings:
     consumer_group: str = "sentistream-worker"
 
     # Model and inference.
+    scoring: bool = True  # false: store posts without sentiment (ingest-only workers, plumbing tests)
     checkpoint: Path | None = None  # None = the checkpoint shipped in model/checkpoints/
     device: str = "auto"
     batch_size: int = 64
@@ -53,6 +54,8 @@ class Settings:
     media_max_redirects: int = 3
     media_concurrency: int = 8
     media_allow_hosts: tuple[str, ...] = ()  # explicit allow-list that bypasses the private-address block
+    media_retries: int = 2  # extra attempts on 5xx / timeouts only
+    media_cache_entries: int = 1024  # LRU of final outcomes, keyed by URL hash
 
     # Windows and alerts.
     windows: tuple[str, ...] = ("1m", "1h")
@@ -60,6 +63,7 @@ class Settings:
     alert_z_threshold: float = 3.0
     alert_cooldown_s: int = 3600
     alert_webhook_url: str | None = None
+    alert_warmup_windows: int = 12  # baseline windows a topic needs before it can alert
 
     # Worker process.
     web_port: int = 6066
