@@ -1,0 +1,129 @@
+"""Save and load SentimentNet checkpoints that carry their own config and model version.
+
+A checkpoint rebuilds the exact network without the training command's flags: it stores the
+``ModelConfig`` (plain types), the state dict (fp16 by default: half the size, and the scorer runs
+in fp32/bf16 anyway), validation metrics, and a version string that every ``SentimentResult``
+repeats so each stored score can be traced to the weights that produced it.
+
+It never contains pretrained encoder or backbone weights: those load from their packages.  The one
+exception is ``finetune_layers > 0``, where the fine-tuned top encoder layers are the model's own
+trained weights and are stored (a few MB); the layers below come from the package.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.network import SentimentNet
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "sentistream-default.pt"
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
+def _plain(value: Any) -> Any:
+    """Metrics and notes as plain Python types, so the checkpoint loads with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def model_version(config: ModelConfig, state: dict[str, torch.Tensor]) -> str:
+    """``sentistream-<fusion>-<modalities>-<digest of the weights>``: the same weights, the same name."""
+    modalities = "+".join(config.modalities)
+    return f"sentistream-{config.fusion}-{modalities}-{_state_digest(state)}"
+
+
+def build_network(config: ModelConfig, encoder_top_factory: Any = None) -> SentimentNet:
+    """SentimentNet for ``config``; ``encoder_top_factory(config)`` builds fine-tuned encoder layers."""
+    encoder_top: nn.Module | None = None
+    if config.finetune_layers > 0:
+        if encoder_top_factory is None:
+            from model.encoder_top import EncoderTop
+
+            encoder_top_factory = EncoderTop.from_config
+        encoder_top = encoder_top_factory(config)
+    return SentimentNet(config, encoder_top)
+
+
+def save(path: Path | str, net: SentimentNet, config: ModelConfig, metrics: dict[str, Any] | None = None,
+         extra: dict[str, Any] | None = None, half: bool = True) -> str:
+    """Write a checkpoint atomically (temp file + rename); return its model version string."""
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    version = model_version(config, state)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model_version": version,
+        "config": config.to_dict(),
+        "state_dict": state,
+        "metrics": _plain(metrics or {}),
+        "extra": _plain(extra or {}),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "torch_version": str(torch.__version__),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, temp_name)
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+    logger.info("saved %s (%s, %.1f MB)", path, version, path.stat().st_size / 1e6)
+    return version
+
+
+def load(path: Path | str | None = None, map_location: str | torch.device = "cpu",
+         encoder_top_factory: Any = None) -> tuple[SentimentNet, ModelConfig, dict[str, Any]]:
+    """Rebuild the network from a checkpoint -> (net in eval mode, fp32; config; meta).
+
+    ``meta`` holds model_version, metrics, extra, created, torch_version.  ``path=None`` loads the
+    packaged default checkpoint.
+    """
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format_version')} is not {FORMAT_VERSION}")
+    config = ModelConfig.from_dict(payload["config"])
+    net = build_network(config, encoder_top_factory)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    meta = {key: payload.get(key) for key in ("model_version", "metrics", "extra", "created", "torch_version")}
+    return net, config, meta

@@ -1,0 +1,294 @@
+"""Scorer: raw posts (text, pictures, optional audio) in, one SentimentResult per post out.
+
+This is the one object the stream worker calls.  Scoring is split in two steps so the worker can
+overlap them: ``prepare`` (tokenisation, picture decoding and transforms, log-mel: pure CPU work
+with no model state, safe to run in a worker thread) and ``score_prepared`` (encoders + network
+under ``torch.inference_mode``, bf16 autocast on CUDA).  ``score`` does both.
+
+Robustness is part of the contract: an empty batch gives ``[]``; one bad post never fails the
+batch: an unreadable picture is dropped (the post is scored text-only and the result says so in its
+modality weights), overlong text is cut (``normalize_text`` caps characters, the tokenizer caps
+tokens), audio is used only by a checkpoint that has an audio branch.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from model import checkpoint
+from model.config import MODALITIES, ModelConfig
+from model.labels import LABELS
+from model.network import SentimentNet
+
+logger = logging.getLogger(__name__)
+
+MAX_IMAGE_PIXELS = 40_000_000
+"""Pictures above this many pixels are refused before decoding (decompression bombs)."""
+
+
+@dataclass
+class ScoreInput:
+    """One post to score.  ``images``: PIL pictures (or encoded bytes / a path; anything that cannot
+    be decoded is skipped); ``audio``: (waveform, sample_rate)."""
+
+    text: str
+    images: list[Any] = field(default_factory=list)
+    audio: tuple[np.ndarray, int] | None = None
+
+
+@dataclass
+class SentimentResult:
+    """The model's verdict on one post.
+
+    label: "negative" | "neutral" | "positive"; probabilities over those; intensity on -3..+3
+    (trained on a label-derived proxy, see the model card); modality_weights: how much each of
+    text/visual/audio counted (0 for a modality the post lacks); model_version: the checkpoint.
+    """
+
+    label: str
+    probabilities: dict[str, float]
+    intensity: float
+    modality_weights: dict[str, float]
+    model_version: str
+
+
+@dataclass
+class PreparedBatch:
+    """Tensors for ``score_prepared``, built on the CPU by ``prepare``.
+
+    input_ids/attention_mask (B,T); pixels (N,3,224,224) for the N usable pictures and
+    picture_rows (N,) the post each belongs to; audio (B,M,A) + audio_mask (B,A) or None;
+    text_present (B,) bool.
+    """
+
+    size: int
+    input_ids: Tensor
+    attention_mask: Tensor
+    text_present: Tensor
+    pixels: Tensor | None
+    picture_rows: list[int]
+    audio: Tensor | None = None
+    audio_mask: Tensor | None = None
+
+
+def _decode_picture(picture: Any) -> Image.Image:
+    """A usable RGB PIL image from a PIL image, encoded bytes or a path; raises on anything else."""
+    if isinstance(picture, (bytes, bytearray, memoryview)):
+        picture = Image.open(io.BytesIO(bytes(picture)))
+    elif isinstance(picture, (str, os.PathLike)):
+        with Image.open(Path(picture)) as opened:
+            opened.load()
+            picture = opened.copy()
+    if not isinstance(picture, Image.Image):
+        raise TypeError(f"not a picture: {type(picture).__name__}")
+    width, height = picture.size
+    if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
+        raise ValueError(f"picture size {width}x{height} refused")
+    picture.load()
+    return picture.convert("RGB")
+
+
+class Scorer:
+    """Batch-in, batch-out sentiment scoring with the encoders and a trained SentimentNet."""
+
+    def __init__(self, net: SentimentNet, config: ModelConfig, model_version: str, text_encoder: Any,
+                 image_encoder: Any | None, device: torch.device, max_images: int = 1,
+                 encoder_batch_size: int = 32) -> None:
+        self.net = net.to(device).eval()
+        self.config = config
+        self.model_version = model_version
+        self.text_encoder = text_encoder.to(device).eval() if text_encoder is not None else None
+        self.image_encoder = image_encoder.to(device).eval() if image_encoder is not None else None
+        self.device = device
+        self.max_images = max_images
+        self.encoder_batch_size = encoder_batch_size
+        if self.text_encoder is not None and self.text_encoder.dim != config.text_dim:
+            raise ValueError(f"text encoder dim {self.text_encoder.dim} != checkpoint's {config.text_dim}")
+        if self.image_encoder is not None and self.image_encoder.dim != config.visual_dim:
+            raise ValueError(f"image encoder dim {self.image_encoder.dim} != checkpoint's {config.visual_dim}")
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str | None = None, device: str = "auto", max_images: int = 1,
+                        text_encoder: Any = None, image_encoder: Any = None) -> Scorer:
+        """Load a checkpoint (None: the packaged default) and the encoders it was trained on.
+
+        ``max_images``: pictures used per post.  The shipped checkpoint learned from single
+        pictures; its multi-frame path is untrained, hence 1.
+        """
+        from model.encoders import ImageEncoder, TextEncoder
+
+        resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                else ("cpu" if device == "auto" else device))
+        encoder_top_factory = None
+        if text_encoder is None and "text" in _modalities_of(path):
+            text_encoder = TextEncoder(None)
+        if text_encoder is not None:
+            from model.encoder_top import EncoderTop
+
+            def encoder_top_factory(config: ModelConfig) -> EncoderTop:
+                return EncoderTop.from_encoder(text_encoder, config.finetune_layers)
+
+        net, config, meta = checkpoint.load(path, encoder_top_factory=encoder_top_factory)
+        if image_encoder is None and "visual" in config.modalities:
+            image_encoder = ImageEncoder(config.visual_encoder)
+        logger.info("scorer: %s on %s", meta["model_version"], resolved)
+        return cls(net, config, str(meta["model_version"]), text_encoder, image_encoder, resolved, max_images)
+
+    # ------------------------------------------------------------------ step 1: CPU preparation
+    def prepare(self, posts: list[ScoreInput]) -> PreparedBatch:
+        """Tokenise texts, decode and transform pictures, compute log-mels.  Never raises on one post."""
+        texts = []
+        for post in posts:
+            text = post.text if isinstance(post.text, str) else ("" if post.text is None else str(post.text))
+            texts.append(text)
+        if posts and self.text_encoder is not None:
+            encoded = self.text_encoder.tokenize(texts)
+            input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+        else:
+            input_ids = torch.zeros(len(posts), 1, dtype=torch.long)
+            attention_mask = torch.zeros(len(posts), 1, dtype=torch.long)
+        text_present = torch.tensor([bool(t.strip()) for t in texts], dtype=torch.bool)
+
+        pixels, rows = [], []
+        if self.image_encoder is not None:
+            for row, post in enumerate(posts):
+                used = 0
+                for picture in post.images or []:
+                    if used >= self.max_images:
+                        break
+                    try:
+                        pixels.append(self.image_encoder.transform(_decode_picture(picture), train=False))
+                    except Exception as error:  # noqa: BLE001 - any undecodable picture: score without it
+                        logger.warning("post %d: picture skipped (%s: %s)", row, type(error).__name__, error)
+                        continue
+                    rows.append(row)
+                    used += 1
+
+        audio = audio_mask = None
+        if "audio" in self.config.modalities and any(post.audio is not None for post in posts):
+            audio, audio_mask = self._prepare_audio(posts)
+        return PreparedBatch(
+            size=len(posts),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            text_present=text_present,
+            pixels=torch.stack(pixels) if pixels else None,
+            picture_rows=rows,
+            audio=audio,
+            audio_mask=audio_mask,
+        )
+
+    def _prepare_audio(self, posts: list[ScoreInput]) -> tuple[Tensor, Tensor]:
+        from model.audio import log_mel_spectrogram
+
+        mels: list[Tensor | None] = []
+        for row, post in enumerate(posts):
+            mel = None
+            if post.audio is not None:
+                try:
+                    waveform, rate = post.audio
+                    mel = log_mel_spectrogram(waveform, int(rate), self.config.audio_mels,
+                                              self.config.audio_sample_rate)
+                except Exception as error:  # noqa: BLE001 - bad audio: score without it
+                    logger.warning("post %d: audio skipped (%s: %s)", row, type(error).__name__, error)
+            mels.append(mel)
+        longest = max((m.shape[1] for m in mels if m is not None), default=1)
+        audio = torch.zeros(len(posts), self.config.audio_mels, longest)
+        mask = torch.zeros(len(posts), longest, dtype=torch.bool)
+        for row, mel in enumerate(mels):
+            if mel is not None:
+                audio[row, :, : mel.shape[1]] = mel
+                mask[row, : mel.shape[1]] = True
+        return audio, mask
+
+    # ------------------------------------------------------------------ step 2: the model
+    def _text_vectors(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Token vectors (B,T,D_t) as training saw them: the last layer, or the layer below the
+        fine-tuned top layers (the network runs those itself)."""
+        assert self.text_encoder is not None
+        if self.config.finetune_layers > 0:
+            layer = self.text_encoder.num_layers - self.config.finetune_layers
+            return self.text_encoder.hidden_at(input_ids, attention_mask, layer)
+        return self.text_encoder(input_ids, attention_mask)
+
+    def _encode_texts(self, prepared: PreparedBatch) -> tuple[Tensor, Tensor]:
+        """Run the text encoder in length-sorted chunks (padding is the encoder's main waste)."""
+        ids, mask = prepared.input_ids, prepared.attention_mask
+        lengths = mask.sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        width = int(lengths.max()) if len(lengths) else 1
+        vectors = torch.zeros(len(ids), max(width, 1), self.config.text_dim, device=self.device)
+        for start in range(0, len(order), self.encoder_batch_size):
+            rows = order[start : start + self.encoder_batch_size]
+            chunk_width = max(1, int(lengths[rows].max()))
+            chunk_ids = ids[rows, :chunk_width].to(self.device)
+            chunk_mask = mask[rows, :chunk_width].to(self.device)
+            vectors[rows.to(self.device), :chunk_width] = self._text_vectors(chunk_ids, chunk_mask).float()
+        text_mask = mask[:, : vectors.shape[1]].bool().to(self.device)
+        return vectors, text_mask
+
+    def score_prepared(self, prepared: PreparedBatch) -> list[SentimentResult]:
+        """Encoders + network on a prepared batch, in the order the posts came."""
+        if prepared.size == 0:
+            return []
+        size = prepared.size
+        use_autocast = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+            present = torch.zeros(size, len(MODALITIES), dtype=torch.bool, device=self.device)
+            batch: dict[str, Tensor] = {}
+            if self.text_encoder is not None:
+                text, text_mask = self._encode_texts(prepared)
+                text_mask = text_mask & prepared.text_present.to(self.device).unsqueeze(1)
+                batch.update(text=text, text_mask=text_mask)
+                present[:, 0] = text_mask.any(dim=1)
+            if self.image_encoder is not None and prepared.pixels is not None:
+                visual = torch.zeros(size, self.max_images, self.config.visual_dim, device=self.device)
+                visual_mask = torch.zeros(size, self.max_images, dtype=torch.bool, device=self.device)
+                vectors = self.image_encoder(prepared.pixels.to(self.device)).float()
+                slot = [0] * size
+                for vector, row in zip(vectors, prepared.picture_rows, strict=True):
+                    visual[row, slot[row]] = vector
+                    visual_mask[row, slot[row]] = True
+                    slot[row] += 1
+                batch.update(visual=visual, visual_mask=visual_mask)
+                present[:, 1] = visual_mask.any(dim=1)
+            if prepared.audio is not None and prepared.audio_mask is not None:
+                batch.update(audio=prepared.audio.to(self.device), audio_mask=prepared.audio_mask.to(self.device))
+                present[:, 2] = batch["audio_mask"].any(dim=1)
+            batch["present"] = present
+            output = self.net(batch)
+            probabilities = output.probabilities.float().cpu().numpy()
+            intensity = output.intensity.float().cpu().numpy()
+            weights = output.modality_weights.float().cpu().numpy()
+        results = []
+        for row in range(size):
+            probs = probabilities[row]
+            results.append(SentimentResult(
+                label=LABELS[int(np.argmax(probs))],
+                probabilities={name: float(p) for name, p in zip(LABELS, probs, strict=True)},
+                intensity=float(intensity[row]),
+                modality_weights={name: float(w) for name, w in zip(MODALITIES, weights[row], strict=True)},
+                model_version=self.model_version,
+            ))
+        return results
+
+    def score(self, posts: list[ScoreInput]) -> list[SentimentResult]:
+        """``prepare`` then ``score_prepared``."""
+        return self.score_prepared(self.prepare(list(posts)))
+
+
+def _modalities_of(path: Path | str | None) -> tuple[str, ...]:
+    """The modalities a checkpoint was built with, read without building the network."""
+    payload = torch.load(Path(path) if path is not None else checkpoint.DEFAULT_CHECKPOINT,
+                         map_location="cpu", weights_only=True)
+    return tuple(payload["config"]["modalities"])

@@ -1,0 +1,545 @@
+"""Training: ``train_one_epoch``, ``evaluate``, ``fit`` and the ``sentistream model train`` command.
+
+Seed paper 4.5: AdamW, LR 1e-4 for the CNN/LSTM/fusion parts and 2e-5 for fine-tuned encoder layers
+(with layer-wise decay), linear warmup then cosine decay, weight decay, gradient clipping at 1.0,
+early stopping (patience 5) on validation macro-F1, the best state kept, seeds fixed, several seeds
+reported as mean +- std.
+
+It trains on cached frozen encoder outputs (``model.features``), so an epoch over ~50k tweets is
+minutes on two CPU cores.  One model learns from both data sets at once: the SemEval pool (text
+only: its posts carry an absent-image mask) and MVSA-Single train (text + picture), the way the
+live feed mixes them.  ``fit`` is a plain function so ablations (``model.ablate``) call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+from tqdm import tqdm
+
+from model import metrics
+from model.checkpoint import build_network
+from model.config import ModelConfig
+from model.network import PROXY_INTENSITY, SentimentNet
+
+logger = logging.getLogger(__name__)
+
+
+def default_runs_dir() -> Path:
+    """TensorBoard logs: ``$SENTISTREAM_RUNS_DIR`` or ``~/.cache/sentistream/runs`` (outside the repo)."""
+    configured = os.environ.get("SENTISTREAM_RUNS_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "sentistream" / "runs"
+
+
+def set_seed(seed: int) -> None:
+    """Fix python, numpy and torch generators so a run repeats."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# data plumbing
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_lengths(dataset: Dataset) -> np.ndarray:
+    """Token count per item, read from the cache offsets where possible (no item is loaded)."""
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([dataset_lengths(part) for part in dataset.datasets])
+    if isinstance(dataset, Subset):
+        return dataset_lengths(dataset.dataset)[np.asarray(dataset.indices)]
+    text = getattr(dataset, "text", None)
+    offsets = getattr(text, "offsets", None)
+    if offsets is not None:
+        return np.diff(np.asarray(offsets))
+    return np.array([int(dataset[i]["text"].shape[0]) for i in range(len(dataset))])
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Class index per item, without loading features where the dataset lists its labels."""
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([dataset_labels(part) for part in dataset.datasets])
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return np.asarray(labels, dtype=np.int64)
+    return np.array([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=np.int64)
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Shuffled batches of similar length: padding costs the CNN real work, so group by length.
+
+    Each epoch: shuffle, cut into pools of ``batch_size * pool_batches``, sort each pool by length,
+    cut into batches, shuffle the batches.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool_batches: int = 50) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.pool = batch_size * pool_batches
+        self.generator = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.generator.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start : start + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches.extend(pool[i : i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size))
+        for index in self.generator.permutation(len(batches)):
+            yield batches[index]
+
+
+def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    from model.features import collate_features
+
+    return collate_features(items)
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0) -> DataLoader:
+    """Length-bucketed shuffled batches for training; length-sorted fixed batches for evaluation."""
+    lengths = dataset_lengths(dataset)
+    if train:
+        return DataLoader(dataset, batch_sampler=LengthBucketSampler(lengths, batch_size, seed), collate_fn=_collate)
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=_collate)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def class_weights_for(labels: np.ndarray, mode: str) -> tuple[float, ...] | None:
+    """"balanced": n / (3 * count_c) (each class counts equally, what macro recall rewards);
+    "sqrt": the square root of that (half-way); "none": plain cross-entropy."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=3).astype(np.float64)
+    weights = len(labels) / (3.0 * np.maximum(counts, 1.0))
+    if mode == "sqrt":
+        weights = np.sqrt(weights)
+    elif mode != "balanced":
+        raise ValueError(f"unknown class weighting {mode!r}")
+    weights = weights / (weights * counts).sum() * counts.sum()  # mean weight per example = 1
+    return tuple(round(float(w), 4) for w in weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# optimisation
+# ---------------------------------------------------------------------------------------------
+
+
+def make_optimizer(net: SentimentNet, lr: float, encoder_lr: float, layer_decay: float,
+                   weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with LR ``lr`` for the network and ``encoder_lr * layer_decay**depth`` for fine-tuned
+    encoder layers (depth 0 = the top layer); no weight decay on biases and norms."""
+    encoder_params: dict[int, list[nn.Parameter]] = {}
+    encoder_ids = set()
+    top = getattr(net.branches["text"], "encoder_top", None) if "text" in net.branches else None
+    if top is not None:
+        for depth, layer in enumerate(reversed(list(top.layers))):
+            params = [p for p in layer.parameters() if p.requires_grad]
+            encoder_params[depth] = params
+            encoder_ids.update(id(p) for p in params)
+    decay, no_decay = [], []
+    for name, param in net.named_parameters():
+        if not param.requires_grad or id(param) in encoder_ids:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "network"},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "network-no-decay"},
+    ]
+    for depth, params in encoder_params.items():
+        groups.append({"params": params, "lr": encoder_lr * layer_decay**depth, "weight_decay": weight_decay,
+                       "name": f"encoder-top-{depth}"})
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to each group's LR over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(net: SentimentNet, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
+                    epoch: int = 0, writer: Any = None, clip_norm: float = 1.0, progress: bool = True,
+                    global_step: int = 0, max_steps: int | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, steps and examples/s."""
+    net.train()
+    total_loss, steps, examples = 0.0, 0, 0
+    started = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    for batch in bar:
+        batch = _to_device(batch, device)
+        output = net(batch)
+        assert output.loss is not None
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss = float(output.loss.detach())
+        total_loss += loss
+        steps += 1
+        examples += int(batch["label"].shape[0])
+        if writer is not None and (global_step + steps) % 20 == 0:
+            writer.add_scalar("train/loss", loss, global_step + steps)
+            writer.add_scalar("train/grad_norm", float(grad_norm), global_step + steps)
+            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step + steps)
+        if steps % 50 == 0:
+            bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+        if max_steps is not None and steps >= max_steps:
+            break
+    seconds = time.perf_counter() - started
+    return {"loss": total_loss / max(1, steps), "steps": steps, "examples_per_second": examples / max(seconds, 1e-9)}
+
+
+@dataclass
+class EvalResult:
+    """Predictions on one validation set, in the dataset's own order, and their metrics."""
+
+    labels: np.ndarray
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    intensity: np.ndarray
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def summary_metrics(labels: np.ndarray, predictions: np.ndarray, intensity: np.ndarray) -> dict[str, float]:
+    """The figures the targets and the model card use; intensity against the label-derived proxy."""
+    proxy = np.asarray(PROXY_INTENSITY)[labels]
+    return {
+        "accuracy": metrics.accuracy(labels, predictions),
+        "macro_recall": metrics.macro_recall(labels, predictions),
+        "macro_f1": metrics.macro_f1(labels, predictions),
+        "weighted_f1": metrics.weighted_f1(labels, predictions),
+        "intensity_mae_proxy": metrics.mean_absolute_error(proxy, intensity),
+        "intensity_ccc_proxy": metrics.concordance_correlation(proxy, intensity),
+    }
+
+
+def evaluate(net: SentimentNet, loader: DataLoader, device: torch.device, progress: bool = False,
+             desc: str = "eval") -> EvalResult:
+    """Score a loader under ``inference_mode``; results are put back in the dataset's order."""
+    net.eval()
+    indices: list[int] = []
+    labels, probabilities, intensity = [], [], []
+    total_loss, count = 0.0, 0
+    batch_sampler = loader.batch_sampler
+    batch_indices = iter(batch_sampler) if batch_sampler is not None else None
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            if batch_indices is not None:
+                indices.extend(next(batch_indices))
+            batch = _to_device(batch, device)
+            output = net(batch)
+            size = int(batch["label"].shape[0])
+            if output.loss is not None:
+                total_loss += float(output.loss) * size
+                count += size
+            labels.append(batch["label"].cpu().numpy())
+            probabilities.append(output.probabilities.cpu().numpy())
+            intensity.append(output.intensity.float().cpu().numpy())
+    if not labels:
+        empty = np.zeros(0, dtype=np.int64)
+        return EvalResult(empty, empty, np.zeros((0, 3)), np.zeros(0), float("nan"))
+    label_array = np.concatenate(labels)
+    prob_array = np.concatenate(probabilities)
+    intensity_array = np.concatenate(intensity)
+    if len(indices) == len(label_array):
+        order = np.argsort(np.asarray(indices), kind="stable")
+        label_array, prob_array, intensity_array = label_array[order], prob_array[order], intensity_array[order]
+    predictions = prob_array.argmax(axis=1)
+    result = EvalResult(label_array, predictions, prob_array, intensity_array, total_loss / max(1, count))
+    result.metrics = summary_metrics(label_array, predictions, intensity_array)
+    return result
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` hands back: the best network (weights loaded), its state, and the run's record."""
+
+    net: SentimentNet
+    config: ModelConfig
+    best_state: dict[str, Tensor]
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, Any]]
+    val_results: dict[str, EvalResult]
+    seconds: float
+
+    def val_metrics(self) -> dict[str, dict[str, float]]:
+        return {name: result.metrics for name, result in self.val_results.items()}
+
+
+def default_fit_args(**overrides: Any) -> argparse.Namespace:
+    """The parser's defaults as a Namespace, for programmatic callers (ablations, tests)."""
+    args = get_args_parser().parse_args([])
+    for key, value in overrides.items():
+        if not hasattr(args, key):
+            raise AttributeError(f"unknown training argument {key!r}")
+        setattr(args, key, value)
+    return args
+
+
+def fit(config: ModelConfig, train_ds: Dataset, val_ds: Dataset | dict[str, Dataset],
+        args: argparse.Namespace | None = None, encoder_top_factory: Any = None) -> FitResult:
+    """Train ``config`` on ``train_ds``; pick the epoch with the best mean validation macro-F1.
+
+    ``val_ds`` is one dataset or ``{name: dataset}``; with several, the selection score is the mean
+    of their macro-F1 (each validation set counts equally, whatever its size).  ``args`` as from
+    ``get_args_parser`` (or ``default_fit_args(...)``); ``args.seed`` fixes the run.
+    """
+    args = args or default_fit_args()
+    started = time.perf_counter()
+    set_seed(args.seed)
+    device = resolve_device(args.device)
+    val_sets = val_ds if isinstance(val_ds, dict) else {"val": val_ds}
+    net = build_network(config, encoder_top_factory).to(device)
+    train_loader = make_loader(train_ds, args.batch_size, train=True, seed=args.seed)
+    val_loaders = {name: make_loader(ds, args.eval_batch_size, train=False) for name, ds in val_sets.items()}
+    steps_per_epoch = len(train_loader) if args.max_steps_per_epoch is None else min(
+        len(train_loader), args.max_steps_per_epoch)
+    total_steps = max(1, steps_per_epoch * args.epochs)
+    warmup = min(args.warmup_steps, max(1, total_steps // 10))
+    optimizer = make_optimizer(net, args.lr, args.encoder_lr, args.layer_decay, args.weight_decay)
+    scheduler = warmup_cosine(optimizer, warmup, total_steps)
+    writer = None
+    if args.log_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_name = args.run_name or f"{config.fusion}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        writer = SummaryWriter(str(Path(args.log_dir) / run_name))
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, best_state, best_results = -1.0, -1, None, {}
+    stale = 0
+    global_step = 0
+    try:
+        for epoch in range(1, args.epochs + 1):
+            train_stats = train_one_epoch(net, train_loader, optimizer, scheduler, device, epoch, writer,
+                                          args.clip_norm, args.progress, global_step, args.max_steps_per_epoch)
+            global_step += int(train_stats["steps"])
+            results = {name: evaluate(net, loader, device, progress=False, desc=name)
+                       for name, loader in val_loaders.items()}
+            score = float(np.mean([r.metrics["macro_f1"] for r in results.values()]))
+            record = {"epoch": epoch, "train_loss": train_stats["loss"], "score": score,
+                      "examples_per_second": train_stats["examples_per_second"],
+                      **{f"{name}/{k}": v for name, r in results.items() for k, v in r.metrics.items()},
+                      **{f"{name}/loss": r.loss for name, r in results.items()}}
+            history.append(record)
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "epoch":
+                        writer.add_scalar(key if "/" in key else f"epoch/{key}", value, epoch)
+                writer.flush()
+            logger.info("epoch %d: train loss %.4f, %s, score %.4f (%.0f ex/s)", epoch, train_stats["loss"],
+                        ", ".join(f"{n} acc {r.metrics['accuracy']:.4f} mR {r.metrics['macro_recall']:.4f} "
+                                  f"mF1 {r.metrics['macro_f1']:.4f}" for n, r in results.items()),
+                        score, train_stats["examples_per_second"])
+            if score > best_score:
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+                best_results = results
+            else:
+                stale += 1
+                if stale >= args.patience:
+                    logger.info("early stop: no better score for %d epochs (best epoch %d)", stale, best_epoch)
+                    break
+    finally:
+        if writer is not None:
+            writer.close()
+    assert best_state is not None
+    net.load_state_dict(best_state)
+    net.eval()
+    return FitResult(net, config, best_state, best_epoch, best_score, history, best_results,
+                     time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+
+
+def config_from_args(args: argparse.Namespace, class_weights: tuple[float, ...] | None) -> ModelConfig:
+    return ModelConfig(
+        modalities=tuple(args.modalities.split(",")),
+        fusion=args.fusion,
+        text_cnn=not args.no_text_cnn,
+        pooling=args.pooling,
+        cnn_pool=args.cnn_pool,
+        text_hidden=args.text_hidden,
+        context_norm=args.context_norm,
+        dropout=args.dropout,
+        input_dropout=args.input_dropout,
+        intensity_weight=args.intensity_weight,
+        finetune_layers=args.finetune_layers,
+        class_weights=class_weights,
+    )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentistream model train", description=__doc__.split("\n\n")[0],
+                                     add_help=True)
+    add = parser.add_argument
+    add("--fusion", default="concat", choices=["concat", "gmu", "lowrank", "crossattn"])
+    add("--modalities", default="text,visual", help="comma-separated subset of text,visual,audio")
+    add("--no-text-cnn", action="store_true", help="ablation: token vectors straight into the BiLSTM")
+    add("--pooling", default="attention", choices=["attention", "mean", "max"])
+    add("--cnn-pool", type=int, default=2, help="max-pool window/stride after the text CNN")
+    add("--text-hidden", type=int, default=256, help="BiLSTM hidden size per direction")
+    add("--context-norm", default="l2", choices=["l2", "batch", "none"])
+    add("--dropout", type=float, default=0.3)
+    add("--input-dropout", type=float, default=0.1)
+    add("--intensity-weight", type=float, default=0.1, help="weight of the (proxy) intensity loss")
+    add("--class-weights", default="sqrt", choices=["none", "sqrt", "balanced"])
+    add("--finetune-layers", type=int, default=0, help="fine-tune the top k encoder layers from cache")
+    add("--text-data", default="semeval", choices=["semeval", "none"])
+    add("--image-data", default="mvsa", choices=["mvsa", "none"])
+    add("--image-repeat", type=int, default=2, help="times MVSA train is repeated per epoch")
+    add("--train-limit", type=int, default=None, help="first N training examples only (smoke runs)")
+    add("--epochs", type=int, default=12)
+    add("--max-steps-per-epoch", type=int, default=None)
+    add("--batch-size", type=int, default=32)
+    add("--eval-batch-size", type=int, default=128)
+    add("--lr", type=float, default=1e-4, help="CNN/LSTM/fusion learning rate")
+    add("--encoder-lr", type=float, default=2e-5, help="LR of the top fine-tuned encoder layer")
+    add("--layer-decay", type=float, default=0.8, help="LR factor per encoder layer further down")
+    add("--weight-decay", type=float, default=1e-5)
+    add("--warmup-steps", type=int, default=500)
+    add("--clip-norm", type=float, default=1.0)
+    add("--patience", type=int, default=5)
+    add("--seed", type=int, default=0, help="first seed")
+    add("--seeds", type=int, default=1, help="train this many seeds (seed, seed+1, ...); report mean +- std")
+    add("--device", default="auto")
+    add("--threads", type=int, default=2)
+    add("--cache-dir", type=Path, default=None)
+    add("--log-dir", type=Path, default=default_runs_dir(), help="TensorBoard log root")
+    add("--run-name", default=None)
+    add("--out", type=Path, default=None, help="write the best checkpoint here")
+    add("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def load_data(args: argparse.Namespace) -> tuple[Dataset, dict[str, Dataset]]:
+    """Training set (SemEval pool minus TweetEval val, plus MVSA train) and the two validation sets."""
+    from model.features import DEFAULT_FINETUNE_LAYER, CachedFeatureDataset, FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    layer = None
+    if args.finetune_layers > 0:
+        layer = 6 - args.finetune_layers if args.finetune_layers != 2 else DEFAULT_FINETUNE_LAYER
+    modalities = args.modalities.split(",")
+    images = "visual" in modalities
+    parts: list[Dataset] = []
+    if args.text_data == "semeval":
+        parts.append(CachedFeatureDataset(cache, "semeval", "train", text_layer=layer, images=False))
+    if args.image_data == "mvsa":
+        mvsa = CachedFeatureDataset(cache, "mvsa", "train", text_layer=layer, images=images)
+        parts.extend([mvsa] * max(1, args.image_repeat))
+    if not parts:
+        raise SystemExit("no training data selected")
+    train: Dataset = ConcatDataset(parts) if len(parts) > 1 else parts[0]
+    if args.train_limit is not None:
+        rng = np.random.default_rng(args.seed)
+        train = Subset(train, sorted(rng.choice(len(train), min(args.train_limit, len(train)), replace=False)))
+    val = {
+        "tweeteval-val": CachedFeatureDataset(cache, "tweeteval", "val", text_layer=layer, images=False),
+        "mvsa-dev": CachedFeatureDataset(cache, "mvsa", "dev", text_layer=layer, images=images),
+    }
+    return train, val
+
+
+def _mean_std(values: list[float]) -> str:
+    array = np.asarray(values, dtype=np.float64)
+    return f"{array.mean():.4f} ± {array.std(ddof=1) if len(array) > 1 else 0.0:.4f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = get_args_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    train_ds, val_sets = load_data(args)
+    weights = class_weights_for(dataset_labels(train_ds), args.class_weights)
+    config = config_from_args(args, weights)
+    logger.info("training on %d examples; class weights %s; config %s", len(train_ds), weights, config)
+    results: list[FitResult] = []
+    first_seed = args.seed
+    for seed in range(first_seed, first_seed + args.seeds):
+        args.seed = seed
+        result = fit(config, train_ds, val_sets, args)
+        results.append(result)
+        out = sys.stdout
+        out.write(f"seed {seed}: best epoch {result.best_epoch}, score {result.best_score:.4f}, "
+                  f"{result.seconds / 60:.1f} min\n")
+        for name, values in result.val_metrics().items():
+            out.write(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()) + "\n")
+    args.seed = first_seed
+    if len(results) > 1:
+        sys.stdout.write(f"mean ± std over {len(results)} seeds:\n")
+        for name in results[0].val_results:
+            keys = results[0].val_results[name].metrics.keys()
+            sys.stdout.write(f"  {name}: " + ", ".join(
+                f"{k} {_mean_std([r.val_results[name].metrics[k] for r in results])}" for k in keys) + "\n")
+    if args.out is not None:
+        from model import checkpoint
+
+        best = max(results, key=lambda r: r.best_score)
+        seeds = list(range(first_seed, first_seed + args.seeds))
+        summary = {name: {k: [r.val_results[name].metrics[k] for r in results] for k in res.metrics}
+                   for name, res in results[0].val_results.items()}
+        version = checkpoint.save(
+            args.out, best.net, config, metrics=best.val_metrics(),
+            extra={"command": "sentistream model train " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   "seeds": seeds, "chosen_seed": seeds[results.index(best)], "best_epoch": best.best_epoch,
+                   "per_seed_metrics": summary, "history": best.history,
+                   "train_examples": len(train_ds)})
+        sys.stdout.write(f"saved {args.out} ({version})\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
