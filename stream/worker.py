@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 def load_scorer(settings: Settings) -> Any | None:
     """The model's batch Scorer, or None (posts stored unscored) when no checkpoint is available."""
+    if not settings.scoring:
+        log.info("scoring disabled (SENTISTREAM_SCORING=false): posts are stored without sentiment")
+        return None
     try:
         from model.scorer import Scorer
     except ImportError as exc:

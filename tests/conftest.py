@@ -11,6 +11,8 @@ Each test gets a throwaway database, created and dropped here, so tests never se
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +27,17 @@ DEFAULT_CONFIGURED = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="session")
-def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata")
-    with pg:
-        yield pg
+def embedded_postgres() -> Iterator[EmbeddedPostgres]:
+    # Not under pytest's tmp_path: pytest makes those 0700 (and prunes old ones from concurrent runs),
+    # while the server runs as its own OS user when we are root and must traverse the path.
+    base = Path(tempfile.mkdtemp(prefix="sentistream-test-pg-"))
+    base.chmod(0o755)
+    pg = EmbeddedPostgres(base / "pgdata")
+    try:
+        with pg:
+            yield pg
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _configured_url() -> str | None:
