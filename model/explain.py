@@ -41,9 +41,6 @@ from model.plots import plot_gradcam_overlay, plot_token_attention
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "sentistream-default.pt"
-
-
 @dataclass
 class Explainer:
     """A trained network with the encoders its checkpoint was built on, in eval mode."""
@@ -56,11 +53,17 @@ class Explainer:
 
     @classmethod
     def from_checkpoint(cls, path: Path | str | None = None) -> Explainer:
-        """Load the checkpoint (None: the packaged default) and the encoders it names."""
-        from model import checkpoint
+        """Load the checkpoint (None: the packaged default) exactly as serving does.
 
-        net, config, meta = checkpoint.load(Path(path) if path is not None else DEFAULT_CHECKPOINT)
-        return cls.from_network(net, config, str(meta.get("model_version", "")) if isinstance(meta, dict) else "")
+        ``Scorer.from_checkpoint`` builds the network, its fine-tuned encoder layers and the
+        encoders; the explainer reuses those objects, so what it explains is what is served.
+        """
+        from model.scorer import Scorer
+
+        scorer = Scorer.from_checkpoint(path, device="cpu")
+        return cls.from_network(
+            scorer.net, scorer.config, scorer.model_version, scorer.text_encoder, scorer.image_encoder
+        )
 
     @classmethod
     def from_network(

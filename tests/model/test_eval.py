@@ -74,3 +74,36 @@ def test_tweeteval_majority_comes_from_training_pool() -> None:
     markdown = model_eval.render_markdown(report)
     assert "macro recall" in markdown.split("## Headline")[1].splitlines()[2]
     assert "TimeLMs-2021" in markdown
+
+
+def test_evaluate_checkpoint_scores_through_the_scorer(tmp_path: Path) -> None:
+    """A real (tiny, untrained) checkpoint through the serving path; the report agrees with it."""
+    import torch
+
+    from model import checkpoint
+    from model.config import ModelConfig
+    from model.network import SentimentNet
+    from model.scorer import ScoreInput, Scorer
+
+    torch.manual_seed(0)
+    config = ModelConfig(cnn_filters=16)
+    path = tmp_path / "tiny.pt"
+    version = checkpoint.save(path, SentimentNet(config), config)
+    report = model_eval.evaluate_checkpoint(
+        path, "mvsa-dev", out_dir=tmp_path / "report", device="cpu", limit=12, n_resamples=50, progress=False
+    )
+    assert report.n_items == 12 and report.model_version == version
+    assert version in (tmp_path / "report" / "report.md").read_text()
+    assert "Only the first 12 examples" in report.markdown
+
+    examples = model_eval.load_split("mvsa-dev")[0][:12]
+    scorer = Scorer.from_checkpoint(path, device="cpu")
+    served = scorer.score([ScoreInput(e.text, images=[e.image_path]) for e in examples])
+    assert [LABELS[p] for p in report.model.predictions] == [result.label for result in served]
+    rows = (tmp_path / "report" / "predictions.csv").read_text().splitlines()[1:]
+    for row, result in zip(rows, served, strict=True):
+        cells = row.split(",")
+        assert cells[2] == result.label
+        probabilities = [float(value) for value in cells[5:8]]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-3)
+        assert probabilities[LABELS.index(result.label)] == pytest.approx(max(probabilities))

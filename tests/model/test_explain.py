@@ -99,3 +99,27 @@ def test_filter_ngrams_come_from_the_sample(explainer: Explainer) -> None:
     markdown = filters_markdown(results, "tweeteval-val", len(sample))
     assert "Filters most selective for negative" in markdown
     assert markdown.count("\n| ") >= len(results)
+
+
+def test_explainer_from_checkpoint_matches_the_scorer(tmp_path: Path) -> None:
+    """The explanation describes the served model: same probabilities as ``Scorer.score``."""
+    from model import checkpoint
+    from model.scorer import ScoreInput, Scorer
+
+    torch.manual_seed(1)
+    config = ModelConfig(cnn_filters=16, fusion="gmu")
+    path = tmp_path / "tiny.pt"
+    checkpoint.save(path, SentimentNet(config), config)
+    explainer = Explainer.from_checkpoint(path)
+    scorer = Scorer.from_checkpoint(path, device="cpu")
+    example = data.load_mvsa("dev")[1]
+    with Image.open(example.image_path) as opened:
+        image = opened.convert("RGB")
+    served = scorer.score([ScoreInput(example.text), ScoreInput(example.text, images=[image])])
+    text_only = explain_post(explainer, example.text)
+    with_image = explain_post(explainer, example.text, image)
+    for explained, result in ((text_only, served[0]), (with_image, served[1])):
+        assert explained.label == result.label
+        for name in LABELS:
+            assert explained.probabilities[name] == pytest.approx(result.probabilities[name], abs=1e-4)
+    assert with_image.gradcam is not None
