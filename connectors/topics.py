@@ -1,0 +1,223 @@
+"""The topics config: which monitored topic each platform query serves, so every post carries its topic.
+
+One file (YAML, or TOML by suffix) lists the monitored topics.  A topic has ``keywords`` and, per
+platform, the query that platform understands; a platform section left out is derived from the keywords,
+and ``false`` switches the platform off for that topic::
+
+    topics:
+      skyways-airline:
+        keywords: [skyways, "@skywaysair"]
+        twitter: {query: "(skyways OR @SkyWaysAir) -is:retweet"}   # a filtered-stream rule / search query
+        reddit: {subreddits: [travel, flights], query: skyways}   # search inside those subreddits
+        bluesky: {keywords: [skyways]}                            # Jetstream has no server-side filter
+        mastodon: {hashtags: [skyways]}                            # hashtag stream / timeline
+      cup-final:
+        keywords: [cup final, "#cupfinal"]
+        mastodon: false
+
+Errors name the exact place (``topics.cup-final.reddit.subreddits``) so a typo fails at start-up, not as
+an empty feed at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SUBREDDIT = re.compile(r"^[A-Za-z0-9_]{2,21}$")
+
+
+class TopicsConfigError(ValueError):
+    """The topics file is missing, unreadable, or has a value this build cannot use."""
+
+
+@dataclass(frozen=True)
+class TwitterQuery:
+    query: str
+
+
+@dataclass(frozen=True)
+class RedditQuery:
+    subreddits: tuple[str, ...] = ()  # empty = all of Reddit (requires a query)
+    query: str | None = None  # None = the subreddits' newest posts
+
+
+@dataclass(frozen=True)
+class BlueskyQuery:
+    keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MastodonQuery:
+    hashtags: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MonitoredTopic:
+    name: str
+    keywords: tuple[str, ...]
+    twitter: TwitterQuery | None = None
+    reddit: RedditQuery | None = None
+    bluesky: BlueskyQuery | None = None
+    mastodon: MastodonQuery | None = None
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    topics: tuple[MonitoredTopic, ...]
+
+    def for_platform(self, platform: str) -> list[MonitoredTopic]:
+        """Topics that have a query for ``platform``, in file order (the first match wins a post)."""
+        return [t for t in self.topics if getattr(t, platform, None) is not None]
+
+    def get(self, name: str) -> MonitoredTopic:
+        for topic in self.topics:
+            if topic.name == name:
+                return topic
+        raise KeyError(name)
+
+
+def matched_keywords(text: str, keywords: Iterable[str]) -> tuple[str, ...]:
+    """Keywords found in ``text``: case-insensitive, whole words (``cup`` does not match ``cupboard``)."""
+    folded = text.casefold()
+    found = []
+    for keyword in keywords:
+        k = keyword.casefold().strip()
+        if k and re.search(r"(?<![\w#@])" + re.escape(k) + r"(?!\w)", folded):
+            found.append(keyword)
+    return tuple(found)
+
+
+def twitter_query_from_keywords(keywords: Iterable[str]) -> str:
+    terms = [f'"{k}"' if " " in k else k for k in keywords]
+    return ("(" + " OR ".join(terms) + ")" if len(terms) > 1 else terms[0]) + " -is:retweet"
+
+
+def load_topics(path: str | Path) -> TopicsConfig:
+    path = Path(path)
+    try:
+        raw_text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TopicsConfigError(f"cannot read topics file {path}: {exc.strerror or exc}") from exc
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(raw_text)
+        except tomllib.TOMLDecodeError as exc:
+            raise TopicsConfigError(f"{path}: not valid TOML: {exc}") from exc
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(raw_text)
+        except yaml.YAMLError as exc:
+            raise TopicsConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return parse_topics(data)
+    except TopicsConfigError as exc:
+        raise TopicsConfigError(f"{path}: {exc}") from None
+
+
+def parse_topics(data: Any) -> TopicsConfig:
+    if not isinstance(data, Mapping) or not isinstance(data.get("topics"), Mapping) or not data["topics"]:
+        raise TopicsConfigError("expected a top-level 'topics' mapping with at least one topic")
+    topics = []
+    for name, spec in data["topics"].items():
+        where = f"topics.{name}"
+        if not isinstance(name, str) or not TOPIC_NAME.match(name):
+            raise TopicsConfigError(f"{where}: topic names are 1-128 letters, digits, '_', '.', '-'")
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, Mapping):
+            raise TopicsConfigError(f"{where}: must be a mapping")
+        unknown = set(spec) - {"keywords", "twitter", "reddit", "bluesky", "mastodon"}
+        if unknown:
+            raise TopicsConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        keywords = _strings(spec.get("keywords", []), f"{where}.keywords")
+        topics.append(MonitoredTopic(
+            name=name,
+            keywords=keywords,
+            twitter=_twitter(spec.get("twitter"), keywords, f"{where}.twitter"),
+            reddit=_reddit(spec.get("reddit"), keywords, f"{where}.reddit"),
+            bluesky=_bluesky(spec.get("bluesky"), keywords, f"{where}.bluesky"),
+            mastodon=_mastodon(spec.get("mastodon"), keywords, f"{where}.mastodon"),
+        ))
+    return TopicsConfig(tuple(topics))
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise TopicsConfigError(f"{where}: must be a list of non-empty strings")
+    return tuple(v.strip() for v in value)
+
+
+def _section(value: Any, where: str) -> Mapping[str, Any] | None:
+    """None = derive from keywords, False = off, mapping = explicit."""
+    if value is False:
+        return None
+    if value is None or value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TopicsConfigError(f"{where}: must be a mapping or false")
+    return value
+
+
+def _twitter(value: Any, keywords: tuple[str, ...], where: str) -> TwitterQuery | None:
+    section = _section(value, where)
+    if section is None:
+        return None
+    query = section.get("query")
+    if query is None:
+        if not keywords:
+            return None
+        query = twitter_query_from_keywords(keywords)
+    if not isinstance(query, str) or not query.strip() or len(query) > 1024:
+        raise TopicsConfigError(f"{where}.query: must be a non-empty string of at most 1024 characters")
+    return TwitterQuery(query.strip())
+
+
+def _reddit(value: Any, keywords: tuple[str, ...], where: str) -> RedditQuery | None:
+    section = _section(value, where)
+    if section is None:
+        return None
+    subreddits = tuple(s.removeprefix("r/") for s in _strings(section.get("subreddits", []), f"{where}.subreddits"))
+    for sub in subreddits:
+        if not SUBREDDIT.match(sub):
+            raise TopicsConfigError(f"{where}.subreddits: {sub!r} is not a subreddit name")
+    query = section.get("query")
+    if query is None and keywords and (value is None or "subreddits" not in section):
+        query = " OR ".join(f'"{k}"' if " " in k else k for k in keywords)
+    if query is not None and (not isinstance(query, str) or not query.strip()):
+        raise TopicsConfigError(f"{where}.query: must be a non-empty string")
+    if not subreddits and not query:
+        return None
+    return RedditQuery(subreddits=subreddits, query=query.strip() if query else None)
+
+
+def _bluesky(value: Any, keywords: tuple[str, ...], where: str) -> BlueskyQuery | None:
+    section = _section(value, where)
+    if section is None:
+        return None
+    words = _strings(section["keywords"], f"{where}.keywords") if "keywords" in section else keywords
+    return BlueskyQuery(words) if words else None
+
+
+def _mastodon(value: Any, keywords: tuple[str, ...], where: str) -> MastodonQuery | None:
+    section = _section(value, where)
+    if section is None:
+        return None
+    hashtags = tuple(h.lstrip("#") for h in _strings(section.get("hashtags", []), f"{where}.hashtags"))
+    words = _strings(section["keywords"], f"{where}.keywords") if "keywords" in section else ()
+    if not hashtags and not words:
+        words = keywords
+    if not hashtags and not words:
+        return None
+    return MastodonQuery(hashtags=hashtags, keywords=words)
