@@ -282,17 +282,17 @@ def reading(results: Sequence[RowResult], gold: np.ndarray, n_resamples: int) ->
             f"[{test.difference.low * 100:+.1f}, {test.difference.high * 100:+.1f}], p = {_p_value(test.p_value)}."
         )
     significant = []
-    for key, result in by_key.items():
-        if key == REFERENCE.key or key in ("text-only", "image-only"):
-            continue
+    architecture = [key for key in by_key if key not in (REFERENCE.key, "text-only", "image-only")]
+    for key in architecture:
+        result = by_key[key]
         test = metrics.paired_bootstrap_test(
             metrics.accuracy, gold, result.predictions, reference.predictions, n_resamples=n_resamples
         )
         if test.p_value < 0.05:
             significant.append(f"{result.row.description} ({test.difference.value * 100:+.1f}, p = {_p_value(test.p_value)})")
-    if significant:
+    if architecture and significant:
         lines.append("- Architecture rows that differ from the reference at p < 0.05: " + "; ".join(significant) + ".")
-    else:
+    elif architecture:
         lines.append(
             "- No architecture row (CNN front end, fusion, pooling) differs from the reference at p < 0.05: "
             "with 450 dev posts, differences of a few points are within noise."
@@ -306,8 +306,13 @@ def run_ablations(
     settings: AblationSettings | None = None,
     datasets: tuple[Dataset, Dataset] | None = None,
     command: str = "",
+    partial_out: Path | None = None,
 ) -> str:
-    """Train every selected row and return the markdown table (reference row always included)."""
+    """Train every selected row and return the markdown table (reference row always included).
+
+    With ``partial_out`` the table so far is rewritten there after each row, so a long run that is
+    interrupted still leaves its finished rows.
+    """
     from model import train as training
 
     settings = settings or AblationSettings()
@@ -323,6 +328,12 @@ def run_ablations(
     for key in keys:
         logger.info("ablation row %s", key)
         results.append(train_row(rows[key], train_ds, dev_ds, settings))
+        if partial_out is not None:
+            so_far = sorted(results, key=lambda r: ROW_KEYS.index(r.row.key))
+            partial_out.write_text(
+                render_table(so_far, gold, settings, len(train_ds), command, time.perf_counter() - started),
+                encoding="utf-8",
+            )
     ordered = sorted(results, key=lambda r: ROW_KEYS.index(r.row.key))
     return render_table(ordered, gold, settings, len(train_ds), command, time.perf_counter() - started)
 
@@ -352,6 +363,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the ablations, write the table to ``--out`` and echo it on stdout."""
     torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = AblationSettings(
         epochs=args.epochs,
         patience=args.patience,
@@ -368,8 +380,8 @@ def run(args: argparse.Namespace) -> int:
         settings,
         datasets=load_mvsa_features(args.cache_dir),
         command=command,
+        partial_out=args.out,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table, encoding="utf-8")
     sys.stdout.write(table)
     sys.stdout.write(f"\nwritten to {args.out}\n")
