@@ -223,7 +223,8 @@ class SpikeDetector:
         observed = agg.n_negative / n
         rate = min(max(state.mean, self.config.rate_floor), 1 - self.config.rate_floor)
         sampling_var = rate * (1 - rate) / n
-        p_value = binomial_sf(agg.n_negative, n, rate)
+        # Only the upper tail matters (a spike is *more* negative); at or below the rate, skip the sum.
+        p_value = binomial_sf(agg.n_negative, n, rate) if observed > rate else 1.0
         return {
             "observed": observed,
             "p_value": p_value,

@@ -263,3 +263,13 @@ def test_allow_list_entries_parse_hosts_ports_and_ipv6() -> None:
     assert allow.permits("127.0.0.1", 8000) and not allow.permits("127.0.0.1", 8001)
     assert allow.permits("media.local", 1) and allow.permits("media.local.", 443)
     assert allow.permits("::1", 9000) and not allow.permits("::1", 9001)
+
+
+def test_draft_decoding_shrinks_big_jpegs_but_reports_their_real_size() -> None:
+    from stream.media import decode_image
+    big = _image_bytes("JPEG", (2000, 1500))
+    full = decode_image(big, max_pixels=10_000_000)
+    draft = decode_image(big, max_pixels=10_000_000, draft_side=256)
+    assert full.image.size == (2000, 1500)
+    assert (draft.width, draft.height) == (2000, 1500)
+    assert 256 <= min(draft.image.size) and draft.image.size[0] < 2000
