@@ -2,7 +2,8 @@
 
 Why these numbers: a consumer-group join waits about ``session_timeout / 2`` on the embedded Tansu
 broker, so the Kafka defaults (10-45 s) make every worker start and every test wait half a minute.  A
-3 s session with a 0.5 s heartbeat joins in about 1.5 s and still tolerates a busy event loop.
+3 s session with a 0.5 s heartbeat joins in about 1.5 s and still tolerates a busy event loop.  A real
+Kafka keeps 10 s / 3 s: it rejects sessions below its ``group.min.session.timeout.ms`` (6 s default).
 
 Tansu (the embedded broker) answers ListOffsets "latest" with the last *batch's* base offset + 1, so
 end offsets and lag are wrong when a producer batches.  On the embedded broker only, producers send one
@@ -17,6 +18,10 @@ from typing import Any
 SESSION_TIMEOUT_S = 3.0
 HEARTBEAT_INTERVAL_S = 0.5
 REBALANCE_TIMEOUT_S = 10.0
+# Apache Kafka refuses sessions shorter than group.min.session.timeout.ms (6 s by default), so a
+# configured broker gets the clients' usual 10 s / 3 s unless the operator lowered that minimum.
+KAFKA_SESSION_TIMEOUT_S = 10.0
+KAFKA_HEARTBEAT_INTERVAL_S = 3.0
 EMBEDDED_MAX_BATCH_BYTES = 1  # forces one record per produce batch on kafka-python/aiokafka
 
 
@@ -30,6 +35,14 @@ class BrokerTarget:
     @property
     def faust_url(self) -> str:
         return ",".join(f"kafka://{s.strip()}" for s in self.bootstrap_servers.split(",") if s.strip())
+
+
+def session_timeout_s(target: BrokerTarget) -> float:
+    return SESSION_TIMEOUT_S if target.embedded else KAFKA_SESSION_TIMEOUT_S
+
+
+def heartbeat_interval_s(target: BrokerTarget) -> float:
+    return HEARTBEAT_INTERVAL_S if target.embedded else KAFKA_HEARTBEAT_INTERVAL_S
 
 
 def kafka_python_producer_config(target: BrokerTarget) -> dict[str, Any]:
@@ -56,8 +69,8 @@ def kafka_python_consumer_config(target: BrokerTarget, group_id: str | None) -> 
     return {
         "bootstrap_servers": target.bootstrap_servers.split(","),
         "group_id": group_id,
-        "session_timeout_ms": int(SESSION_TIMEOUT_S * 1000),
-        "heartbeat_interval_ms": int(HEARTBEAT_INTERVAL_S * 1000),
+        "session_timeout_ms": int(session_timeout_s(target) * 1000),
+        "heartbeat_interval_ms": int(heartbeat_interval_s(target) * 1000),
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,
     }
@@ -67,8 +80,8 @@ def faust_broker_settings(target: BrokerTarget) -> dict[str, Any]:
     """faust.App settings for the broker connection (group timing and, on Tansu, batch size 1)."""
     settings: dict[str, Any] = {
         "broker": target.faust_url,
-        "broker_session_timeout": SESSION_TIMEOUT_S,
-        "broker_heartbeat_interval": HEARTBEAT_INTERVAL_S,
+        "broker_session_timeout": session_timeout_s(target),
+        "broker_heartbeat_interval": heartbeat_interval_s(target),
         "broker_rebalance_timeout": REBALANCE_TIMEOUT_S,
         "producer_acks": -1,
     }

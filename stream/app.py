@@ -79,6 +79,15 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
 
     app.sentistream_publish_dead_letters = publish_dead_letters  # type: ignore[attr-defined]
 
+    alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw",
+                             partitions=settings.topic_partitions)
+
+    async def publish_alert(key: bytes, value: bytes) -> None:
+        await alerts_topic.send(key=key, value=value)
+
+    app.sentistream_publish_alert = publish_alert  # type: ignore[attr-defined]
+
     @app.agent(raw_topic, concurrency=1)
     async def score_posts(stream: faust.StreamT) -> None:
         if state.processor is None:

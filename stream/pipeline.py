@@ -148,10 +148,15 @@ class BatchProcessor:
             except Exception:  # noqa: BLE001 - they are durable in dead_letters already
                 log.exception("could not publish %d dead letters to Kafka (they are in PostgreSQL)", len(dead))
         if self.after_write is not None and written is not None:
+            # Windows are recomputed from the committed rows before the batch is acked, so a crash here
+            # means the batch is redelivered and the recompute runs again (it is idempotent).
             try:
-                await self.after_write(written, records)
-            except Exception:  # noqa: BLE001 - alerting must never block ingestion
-                log.exception("post-write step failed; rows are committed, continuing")
+                await self._retrying(lambda: self.after_write(written, records), "window/alert update")
+            except Exception as exc:  # noqa: BLE001
+                if is_transient(exc):
+                    raise  # stopping with the database down: leave the batch unacked
+                log.exception("window/alert update failed; rows are committed, the windows are "
+                              "recomputed when next touched")
         return BatchReport(received=len(messages), written=written, dead_letters=dead,
                            scored=sum(s is not None for s in sentiments),
                            seconds=time.perf_counter() - started, attempts=attempts)
@@ -184,20 +189,31 @@ class BatchProcessor:
     async def _write(self, records: list[SinkRecord], dead: list[DeadLetter]
                      ) -> tuple[WriteResult | None, int, list[DeadLetter]]:
         """Write the batch, waiting out a database outage; isolate posts the database refuses."""
+        attempts = 0
+
+        async def attempt() -> tuple[WriteResult, list[DeadLetter]]:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return await self._run(self.sink.write, records, dead), []
+            except Exception as exc:  # noqa: BLE001 - classified, never escapes
+                if is_transient(exc):
+                    raise
+                log.exception("database rejected a batch; isolating the bad posts")
+                return await self._write_one_by_one(records, dead)
+
+        result, rejected = await self._retrying(attempt, "batch write")
+        return result, attempts, rejected
+
+    async def _retrying(self, step: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """Run ``step`` until it succeeds, backing off while the database is unreachable."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                try:
-                    result = await self._run(self.sink.write, records, dead)
-                    rejected: list[DeadLetter] = []
-                except Exception as exc:  # noqa: BLE001 - classified, never escapes
-                    if is_transient(exc):
-                        raise
-                    log.exception("database rejected a batch; isolating the bad posts")
-                    result, rejected = await self._write_one_by_one(records, dead)
+                result = await step()
                 self.on_db_state(True, None)
-                return result, attempt, rejected
+                return result
             except Exception as exc:  # noqa: BLE001
                 if not is_transient(exc):
                     raise
@@ -205,8 +221,8 @@ class BatchProcessor:
                 if self.should_stop():
                     raise
                 delay = self.retry.delay(attempt)
-                log.warning("database unavailable (%s); retry %d in %.1fs, offsets held",
-                            type(exc).__name__, attempt, delay)
+                log.warning("%s: database unavailable (%s); retry %d in %.1fs, offsets held",
+                            what, type(exc).__name__, attempt, delay)
                 await asyncio.sleep(delay)
 
     async def _write_one_by_one(self, records: list[SinkRecord], dead: list[DeadLetter]

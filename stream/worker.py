@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Executor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,52 @@ def score_input_factory() -> Any:
     return build
 
 
+def media_stage(fetcher: Any, max_images: int = 4) -> Any:
+    """Adapter: a batch's posts -> per-post media outcomes and decoded images (MediaFetcher does the work).
+
+    Only image-like media (photos, GIF stills, video thumbnails) are fetched; other kinds are recorded
+    as ``skipped`` so an analyst can see what the post carried.
+    """
+    from stream.media import MediaResult
+    from stream.pipeline import FetchedMedia
+    from stream.sink import MediaOutcome
+
+    async def run(posts: list[Post]) -> list[FetchedMedia]:
+        wanted = [[m for m in p.media if m.kind in {"image", "gif", "video_thumbnail"}][:max_images] for p in posts]
+        results: list[MediaResult] = await fetcher.fetch_many([m.url for ms in wanted for m in ms])
+        now = datetime.now(UTC)
+        out, i = [], 0
+        for post, ms in zip(posts, wanted, strict=True):
+            fetched = FetchedMedia()
+            for m in ms:
+                r = results[i]
+                i += 1
+                fetched.outcomes.append(MediaOutcome(url=m.url, kind=m.kind, status=r.status,
+                                                     content_type=r.content_type, bytes=r.bytes,
+                                                     sha256=r.sha256, width=r.width, height=r.height,
+                                                     error=r.error, fetched_at=now))
+                if r.image is not None:
+                    fetched.images.append(r.image)
+            for m in post.media:
+                if m not in ms:
+                    fetched.outcomes.append(MediaOutcome(url=m.url, kind=m.kind, status="skipped",
+                                                         error="media kind not scored" if m.kind not in
+                                                         {"image", "gif", "video_thumbnail"} else
+                                                         f"more than {max_images} images", fetched_at=now))
+            out.append(fetched)
+        return out
+
+    return run
+
+
 def build_processor(settings: Settings, database_url: str, *, scorer: Any | None,
                     executor: Executor | None = None, publish_dead_letters: Any = None,
+                    publish_alert: Any = None, media_fetcher: Any = None,
                     should_stop: Any = lambda: False, state: WorkerState | None = None) -> BatchProcessor:
     """Everything the agent needs for one batch; also used by tests and benchmarks without Kafka."""
+    from stream.aggregation import WindowAlertStage
+    from stream.alerts import AlertNotifier, SpikeConfig, SpikeDetector
+
     engine = make_engine(database_url)
     sink = PostgresSink(engine)
 
@@ -67,11 +110,18 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
         if state is not None:
             state.database_up, state.database_error = up, error
 
+    windows = WindowAlertStage(
+        engine, settings.window_lengths_s, SpikeDetector(SpikeConfig.from_settings(settings)),
+        notifier=AlertNotifier(settings.alert_webhook_url) if settings.alert_webhook_url else None,
+        publish_alert=publish_alert, executor=executor,
+    )
     return BatchProcessor(
         sink,
         scorer=scorer,
         score_input=score_input_factory() if scorer is not None else None,
+        media=media_stage(media_fetcher) if media_fetcher is not None else None,
         publish_dead_letters=publish_dead_letters,
+        after_write=windows,
         executor=executor,
         should_stop=should_stop,
         on_db_state=on_db_state,
@@ -90,9 +140,16 @@ def main(settings: Settings) -> int:
         async def processor_factory(app: faust.App, state: WorkerState) -> BatchProcessor:
             state.model_version = scorer.model_version if scorer is not None else None
             state.database_up = True
+            fetcher = None
+            if settings.media_enabled and scorer is not None:
+                from stream.media import MediaFetcher
+
+                fetcher = MediaFetcher.from_settings(settings)
+                await fetcher.start()
             return build_processor(
-                settings, resolved.database_url, scorer=scorer,
+                settings, resolved.database_url, scorer=scorer, media_fetcher=fetcher,
                 publish_dead_letters=app.sentistream_publish_dead_letters,  # type: ignore[attr-defined]
+                publish_alert=app.sentistream_publish_alert,  # type: ignore[attr-defined]
                 should_stop=lambda: app.should_stop, state=state,
             )
 

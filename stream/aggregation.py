@@ -1,0 +1,105 @@
+"""After a batch is committed: recompute the windows it touched, detect spikes, deliver new alerts.
+
+This runs before the batch is acked (see ``BatchProcessor.process``), so a crash between the sink's
+commit and this step replays the batch and runs it again; every part is idempotent (windows are
+recomputed from rows, alerts are unique per topic/window, delivery is tracked in ``alerts.published_at``).
+Alerts that were stored but never delivered (a crash, Kafka down) are picked up on the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from stream.alerts import (
+    AlertNotifier,
+    SpikeAlert,
+    SpikeDetector,
+    alert_message,
+    insert_alerts,
+    mark_delivered,
+    observe_with_history,
+    spike_examples,
+)
+from stream.db import AlertRow
+from stream.sink import SinkRecord, WriteResult
+from stream.windows import WindowKey, recompute_windows, windows_touched
+
+log = logging.getLogger(__name__)
+
+PublishAlert = Callable[[bytes, bytes], Awaitable[None]]
+
+
+class WindowAlertStage:
+    """The ``after_write`` step of the worker's BatchProcessor."""
+
+    def __init__(self, engine: Engine, window_lengths_s: Sequence[int], detector: SpikeDetector,
+                 notifier: AlertNotifier | None = None, publish_alert: PublishAlert | None = None,
+                 executor: Executor | None = None, on_alert: Callable[[SpikeAlert], None] | None = None) -> None:
+        self.engine = engine
+        self.window_lengths_s = tuple(window_lengths_s)
+        self.detector = detector
+        self.notifier = notifier
+        self.publish_alert = publish_alert
+        self.executor = executor
+        self.on_alert = on_alert
+
+    async def __call__(self, written: WriteResult, records: Sequence[SinkRecord]) -> None:
+        keys_by_version: dict[str, set[WindowKey]] = defaultdict(set)
+        for r in records:
+            if r.sentiment is not None:
+                keys_by_version[r.sentiment.model_version] |= windows_touched([r.post], self.window_lengths_s)
+        loop = asyncio.get_running_loop()
+        if keys_by_version:
+            await loop.run_in_executor(self.executor, self.recompute_and_detect, dict(keys_by_version))
+        await self.deliver_pending()
+
+    def recompute_and_detect(self, keys_by_version: dict[str, set[WindowKey]]) -> list[SpikeAlert]:
+        """One transaction: windows recomputed, spikes detected, new alerts stored."""
+        new: list[SpikeAlert] = []
+        with self.engine.begin() as conn:
+            for version, keys in sorted(keys_by_version.items()):
+                aggregates = recompute_windows(conn, keys, version)
+                new += insert_alerts(conn, observe_with_history(conn, self.detector, aggregates))
+        for alert in new:
+            log.warning("ALERT %s", alert.summary())
+            if self.on_alert is not None:
+                self.on_alert(alert)
+        return new
+
+    async def deliver_pending(self) -> None:
+        """Publish to Kafka and POST to the webhook every stored alert not delivered yet."""
+        loop = asyncio.get_running_loop()
+        pending = await loop.run_in_executor(self.executor, self._pending)
+        for alert, examples in pending:
+            if self.publish_alert is not None:
+                key, value = alert_message(alert)
+                await self.publish_alert(key, value)
+            status = await self.notifier.notify(alert, examples) if self.notifier else "disabled"
+            await loop.run_in_executor(self.executor, self._mark, alert, status)
+
+    def _pending(self) -> list[tuple[SpikeAlert, list[dict[str, Any]]]]:
+        a = AlertRow.__table__
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(a).where(a.c.published_at.is_(None)).order_by(a.c.id).limit(100)).all()
+            out = []
+            for r in rows:
+                alert = SpikeAlert(topic=r.topic, window_start=r.window_start.astimezone(UTC),
+                                   window_seconds=r.window_seconds,
+                                   model_version=r.model_version, observed=r.observed, expected=r.expected,
+                                   score=r.score, n_posts=r.n_posts, n_negative=r.n_negative,
+                                   evidence=r.evidence or {}, kind=r.kind)
+                out.append((alert, spike_examples(conn, alert)))
+        return out
+
+    def _mark(self, alert: SpikeAlert, status: str) -> None:
+        with self.engine.begin() as conn:
+            mark_delivered(conn, alert, status)
