@@ -110,7 +110,7 @@ VALUES %s
 ON CONFLICT (platform, post_id) DO UPDATE SET
     author = EXCLUDED.author, created_at = EXCLUDED.created_at, text = EXCLUDED.text,
     lang = EXCLUDED.lang, url = EXCLUDED.url, topic = EXCLUDED.topic, keywords = EXCLUDED.keywords,
-    raw = EXCLUDED.raw, updated_at = now()
+    raw = COALESCE(EXCLUDED.raw, posts.raw), updated_at = now()
 RETURNING id, platform, post_id
 """
 _POSTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::jsonb, %s)"
