@@ -16,8 +16,8 @@ share is back within ``rearm_z`` of the baseline; a ``cooldown_s`` after an aler
 Windows of an ongoing spike are kept out of the baseline (so it measures normal behaviour) unless the
 shift lasts ``adapt_after_windows`` windows, when it is accepted as the new normal.
 
-A window counts as closed when a later window of the same series arrives (event time), so replays give
-the same decisions as the live run.  State is rebuilt from ``window_aggregates`` and ``alerts`` rows
+A window counts as closed when a window ``lateness_windows`` later of the same series arrives (event time,
+not wall-clock time), so replays give the same decisions as the live run.  State is rebuilt from ``window_aggregates`` and ``alerts`` rows
 (:func:`restore_series`): a restarted worker keeps its baseline, and a window that already has an alert
 row disarms the series instead of alerting again (the alerts table is unique on topic, kind, window).
 """
@@ -78,6 +78,10 @@ class SpikeConfig:
     # sample would otherwise multiply the false-alarm rate.
     evaluate_open_windows: bool = True
     open_window_z_margin: float = 0.75
+    # A window closes once a window this many lengths later has arrived: batches from several partitions
+    # interleave, so window W can still be filling after W+1 has started.
+    lateness_windows: int = 1
+    max_future_s: int = 300
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpikeConfig:
@@ -137,7 +141,9 @@ class _Series:
     armed: bool = True
     spike_windows: int = 0
     last_alert_start: datetime | None = None
-    pending: WindowAggregate | None = None  # the newest window: still filling, not in the baseline
+    # Windows still open (filling, not yet in the baseline), by start; and the start of the last closed one.
+    open: dict[datetime, WindowAggregate] = field(default_factory=dict)
+    closed_until: datetime | None = None
 
 
 @dataclass
@@ -154,40 +160,54 @@ class SpikeDetector:
         """Mark a series as known (restored, possibly with no history) so it is not restored again."""
         self._series.setdefault(key, _Series())
 
-    def observe(self, aggregates: Iterable[WindowAggregate]) -> list[SpikeAlert]:
-        """Take the current values of some windows (e.g. those a batch touched); return new alerts."""
+    def observe(self, aggregates: Iterable[WindowAggregate], now: datetime | None = None) -> list[SpikeAlert]:
+        """Take the current values of some windows (e.g. those a batch touched); return new alerts.
+
+        With ``now``, windows starting more than ``max_future_s`` after it are ignored: one post with a
+        clock years ahead must not close every real window of its topic.
+        """
         alerts: list[SpikeAlert] = []
-        for agg in sorted(aggregates, key=lambda a: (series_of(a), a.window_start)):
+        for agg in self._in_order(aggregates, now):
             alerts.extend(self._observe_one(agg, emit=True))
         return alerts
 
-    def restore(self, history: Iterable[WindowAggregate],
-                alerted: Iterable[tuple[str, datetime, int]] = ()) -> None:
+    def restore(self, history: Iterable[WindowAggregate], alerted: Iterable[tuple[str, datetime, int]] = (),
+                now: datetime | None = None) -> None:
         """Rebuild state from stored windows and stored alerts, emitting nothing.
 
         ``alerted`` holds (topic, window_start, window_seconds) of alert rows: those windows disarm the
         series exactly as the live run did, so a restarted or replaying worker does not alert twice.
         """
         fired = {(t, ws.astimezone(UTC), s) for t, ws, s in alerted}
-        for agg in sorted(history, key=lambda a: (series_of(a), a.window_start)):
+        for agg in self._in_order(history, now):
             self._observe_one(agg, emit=False)
             if (agg.topic, agg.window_start, agg.window_seconds) in fired:
                 state = self._series[series_of(agg)]
                 state.armed, state.last_alert_start = False, agg.window_start
 
+    def _in_order(self, aggregates: Iterable[WindowAggregate], now: datetime | None) -> list[WindowAggregate]:
+        horizon = None if now is None else now + timedelta(seconds=self.config.max_future_s)
+        return sorted((a for a in aggregates if horizon is None or a.window_start <= horizon),
+                      key=lambda a: (series_of(a), a.window_start))
+
     def _observe_one(self, agg: WindowAggregate, *, emit: bool) -> list[SpikeAlert]:
+        """Update an open window, close the windows that are now past the allowed lateness, test."""
         state = self._series.setdefault(series_of(agg), _Series())
+        if state.closed_until is not None and agg.window_start <= state.closed_until:
+            return []  # a late post in a closed window: its numbers are stored, the baseline moved on
+        state.open[agg.window_start] = agg
         alerts: list[SpikeAlert] = []
-        if state.pending is not None:
-            if agg.window_start < state.pending.window_start:
-                return alerts  # a late post in a closed window: its numbers are stored, the baseline moved on
-            if agg.window_start > state.pending.window_start:
-                closing = state.pending
-                if emit:
-                    alerts.extend(self._evaluate(state, closing, self.config.z_threshold))
-                self._close(state, closing)
-        state.pending = agg
-        if emit and self.config.evaluate_open_windows:
+        newest = max(state.open)
+        lateness = timedelta(seconds=agg.window_seconds * self.config.lateness_windows)
+        for start in sorted(state.open):
+            if newest - start <= lateness:
+                break
+            closing = state.open.pop(start)
+            if emit:  # the final look at a complete window uses the plain threshold
+                alerts.extend(self._evaluate(state, closing, self.config.z_threshold))
+            self._close(state, closing)
+            state.closed_until = start
+        if emit and self.config.evaluate_open_windows and agg.window_start in state.open:
             alerts.extend(self._evaluate(state, agg, self.config.z_threshold + self.config.open_window_z_margin))
         return alerts
 
@@ -237,7 +257,10 @@ class SpikeDetector:
         """A window is final: re-arm if the spike is over, and fold it into the baseline if normal."""
         if agg.n_posts == 0:
             return
-        if not state.armed:
+        # Only windows from the alerted one onwards belong to the spike; an earlier window that closes
+        # late (lateness) is ordinary baseline and must not re-arm the series.
+        in_spike = not state.armed and (state.last_alert_start is None or agg.window_start >= state.last_alert_start)
+        if in_spike:
             state.spike_windows += 1
             back_to_normal = state.baseline_windows > 0 and self._test(state, agg)["z_ewma"] < self.config.rearm_z
             if back_to_normal:
@@ -299,7 +322,7 @@ def _span(seconds: int) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def restore_series(conn: Connection, detector: SpikeDetector, keys: Iterable[SeriesKey],
-                   history_windows: int = 500) -> None:
+                   history_windows: int = 500, now: datetime | None = None) -> None:
     """Load the last ``history_windows`` windows and the alerts of each series into ``detector``.
 
     Call it for series the detector does not know yet (``detector.knows``) before observing them; a
@@ -323,7 +346,7 @@ def restore_series(conn: Connection, detector: SpikeDetector, keys: Iterable[Ser
             a.c.kind == KIND_NEGATIVE_SPIKE,
             tuple_(a.c.topic, a.c.window_seconds).in_([(k.topic, k.window_seconds) for k in keys]),
         ))).all()
-    detector.restore(history, [tuple(r) for r in alerted])
+    detector.restore(history, [tuple(r) for r in alerted], now=now)
     for key in keys:  # a series with no stored windows yet is known (and empty) from now on
         detector.track(key)
 
@@ -332,8 +355,9 @@ def observe_with_history(conn: Connection, detector: SpikeDetector,
                          aggregates: Sequence[WindowAggregate]) -> list[SpikeAlert]:
     """Restore unknown series from the database, then observe: what the worker calls per batch."""
     unknown = {series_of(a) for a in aggregates if not detector.knows(series_of(a))}
-    restore_series(conn, detector, unknown)
-    return detector.observe(aggregates)
+    now = datetime.now(UTC)
+    restore_series(conn, detector, unknown, now=now)
+    return detector.observe(aggregates, now=now)
 
 
 def insert_alerts(conn: Connection, alerts: Sequence[SpikeAlert]) -> list[SpikeAlert]:

@@ -95,7 +95,9 @@ def test_three_posts_cannot_fire() -> None:
 def test_no_alert_during_warm_up() -> None:
     feed = [_agg("acme", i, 100, 20) for i in range(5)] + [_agg("acme", 5, 100, 80)]
     assert detect(feed) == []
-    assert len(detect(feed, SpikeConfig(warmup_windows=5))) == 1
+    # Window 4 is still open (one window of lateness) when window 5 arrives: 4 closed baseline windows.
+    assert detect(feed, SpikeConfig(warmup_windows=5)) == []
+    assert len(detect(feed, SpikeConfig(warmup_windows=4))) == 1
 
 
 def test_one_alert_per_spike_then_rearm_and_cooldown() -> None:
@@ -113,6 +115,29 @@ def test_one_alert_per_spike_then_rearm_and_cooldown() -> None:
     detector = SpikeDetector(SpikeConfig(cooldown_s=0))
     assert len(detector.observe(shifted)) == 1
     assert detector.observe([_agg("acme", 120, 100, 90)]) != []  # re-armed at the new level
+
+
+def test_windows_that_keep_filling_after_the_next_one_started_still_alert_once() -> None:
+    """Batches from several partitions interleave: window i's last posts arrive after window i+1 began."""
+    feed = _feed("globex", 60, seed=3, rate=lambda i: 0.5 if i == 40 else 0.2)
+    detector = SpikeDetector(SpikeConfig(open_window_z_margin=10.0))  # decide on complete windows only
+    alerts = []
+    for i in range(61):
+        if i < 60:
+            alerts += detector.observe([feed[i][0]])  # partition A's batch: window i begins
+        if i > 0:
+            alerts += detector.observe([feed[i - 1][2]])  # partition B's batch: the rest of window i-1
+    assert [(a.window_start, a.n_posts) for a in alerts] == [(T0 + timedelta(minutes=40), feed[40][2].n_posts)]
+
+
+def test_a_post_from_the_future_does_not_close_the_real_windows() -> None:
+    detector = SpikeDetector(SpikeConfig())
+    now = T0 + timedelta(minutes=20, seconds=30)
+    normal = [_agg("acme", i, 100, 20) for i in range(20)]
+    assert detector.observe(normal, now=now) == []
+    year_2030 = WindowAggregate("acme", datetime(2030, 1, 1, tzinfo=UTC), 60, MV, 1, 0, 1, 0, 0.5, 0.0)
+    assert detector.observe([year_2030], now=now) == []
+    assert len(detector.observe([_agg("acme", 20, 100, 70)], now=now)) == 1
 
 
 # ---------------------------------------------------------------- the same, through PostgreSQL
