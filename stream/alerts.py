@@ -9,17 +9,20 @@ mean while warming up) and tests each window as it fills:
 * ``z_ewma``: the window's share against the baseline's own window-to-window spread plus this window's
   sampling noise — is it unusual for *this* topic, whose share may naturally swing?
 
-It fires when both exceed ``z_threshold``, the share is at least ``min_lift`` above the baseline, the
-window has ``min_volume`` posts (three posts cannot fire) and the series has ``warmup_windows`` baseline
-windows.  One alert per spike: after firing the series is disarmed and re-arms only when a closed window's
-share is back within ``rearm_z`` of the baseline; a ``cooldown_s`` after an alert blocks a new one anyway.
-Windows of an ongoing spike are kept out of the baseline (so it measures normal behaviour) unless the
-shift lasts ``adapt_after_windows`` windows, when it is accepted as the new normal.
+It fires when both exceed ``z_threshold`` (plus ``open_window_z_margin`` while the window is still
+filling: repeated looks at a growing sample need more evidence), the share is at least ``min_lift`` above
+the baseline, the window has ``min_volume`` posts (three posts cannot fire) and the series has
+``warmup_windows`` closed baseline windows.  One alert per spike: after firing, the series is disarmed and
+re-arms only when a later closed window's share is back within ``rearm_z`` of the baseline; a
+``cooldown_s`` after an alert blocks a new one anyway.  Windows of an ongoing spike are kept out of the
+baseline (so it measures normal behaviour) unless the shift lasts ``adapt_after_windows`` windows, when it
+is accepted as the new normal.
 
-A window counts as closed when a window ``lateness_windows`` later of the same series arrives (event time,
-not wall-clock time), so replays give the same decisions as the live run.  State is rebuilt from ``window_aggregates`` and ``alerts`` rows
-(:func:`restore_series`): a restarted worker keeps its baseline, and a window that already has an alert
-row disarms the series instead of alerting again (the alerts table is unique on topic, kind, window).
+A window closes when a window more than ``lateness_windows`` later of the same series arrives (event time,
+not wall-clock time: batches from several partitions interleave), so replays make the same decisions as
+the live run.  State is rebuilt from ``window_aggregates`` and ``alerts`` rows (:func:`restore_series`):
+a restarted worker keeps its baseline, and a window that already has an alert row disarms the series
+instead of alerting again (the alerts table is unique on topic, kind, window).
 """
 
 from __future__ import annotations
