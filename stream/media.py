@@ -246,7 +246,8 @@ class MediaLimits:
     max_pixels: int = 40_000_000
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
-    total_timeout_s: float = 15.0
+    total_timeout_s: float = 10.0
+    deadline_s: float = 15.0  # one URL, all attempts and backoff included: bounds how long a batch waits
     max_redirects: int = 3
     retries: int = 2
     backoff_s: float = 0.25
@@ -324,7 +325,8 @@ class MediaFetcher:
             max_pixels=settings.media_max_pixels,
             connect_timeout_s=settings.media_timeout_s,
             read_timeout_s=settings.media_timeout_s,
-            total_timeout_s=3 * settings.media_timeout_s,
+            total_timeout_s=2 * settings.media_timeout_s,
+            deadline_s=3 * settings.media_timeout_s,
             max_redirects=settings.media_max_redirects,
             retries=settings.media_retries,
             concurrency=settings.media_concurrency,
@@ -385,7 +387,11 @@ class MediaFetcher:
 
     async def _fetch_and_cache(self, url: str, key: str) -> MediaResult:
         try:
-            result, cacheable = await self._fetch_with_retries(url)
+            async with asyncio.timeout(self.limits.deadline_s):
+                result, cacheable = await self._fetch_with_retries(url)
+        except TimeoutError:
+            result = MediaResult(url, "timeout", error=f"no result within {self.limits.deadline_s:g}s")
+            cacheable = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must not drop the post: report it as this URL's failure

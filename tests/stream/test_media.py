@@ -165,6 +165,11 @@ def test_slow_response_times_out_after_retrying(servers) -> None:
     assert slow.status == "timeout"
     assert a.hits["/slow.jpg"] == 2  # one retry
     assert time.monotonic() - started < 3.0
+    # The per-URL deadline cuts retries short: the batch waiting for this image waits at most that long.
+    started = time.monotonic()
+    (cut,) = _fetch([a.url("/slow.jpg?deadline")], _allow_a(a), retries=5, deadline_s=0.6)
+    assert cut.status == "timeout" and "0.6" in (cut.error or "")
+    assert time.monotonic() - started < 1.5
 
 
 def test_redirects_are_followed_and_each_hop_is_checked(servers) -> None:
