@@ -16,7 +16,6 @@ playlist from ``video.bsky.app``; ``recordWithMedia`` (a quote with pictures) is
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator

@@ -73,3 +73,21 @@ def read_topic(target: BrokerTarget, topic: str, *, expect: int | None = None,
 @pytest.fixture
 def sample_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "connectors" / "samples"
+
+
+@pytest.fixture(scope="module")
+def cursor_db() -> Iterator[str]:
+    """A throwaway, migrated database on the configured PostgreSQL (127.0.0.1:5432), dropped afterwards."""
+    from stream.embedded import to_sqlalchemy_url
+    from stream.migrate import upgrade
+    from tests.conftest import _configured_url, create_database, drop_database
+
+    server = _configured_url()
+    if server is None:
+        pytest.skip("no configured PostgreSQL (set SENTISTREAM_TEST_DATABASE_URL)")
+    url = create_database(to_sqlalchemy_url(server), prefix="conn")
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_database(url)
