@@ -65,10 +65,14 @@ class WindowAlertStage:
     def recompute_and_detect(self, keys_by_version: dict[str, set[WindowKey]]) -> list[SpikeAlert]:
         """One transaction: windows recomputed, spikes detected, new alerts stored."""
         new: list[SpikeAlert] = []
-        with self.engine.begin() as conn:
-            for version, keys in sorted(keys_by_version.items()):
-                aggregates = recompute_windows(conn, keys, version)
-                new += insert_alerts(conn, observe_with_history(conn, self.detector, aggregates))
+        try:
+            with self.engine.begin() as conn:
+                for version, keys in sorted(keys_by_version.items()):
+                    aggregates = recompute_windows(conn, keys, version)
+                    new += insert_alerts(conn, observe_with_history(conn, self.detector, aggregates))
+        except BaseException:
+            self.detector.forget()  # it may have disarmed for an alert that was rolled back: rebuild from rows
+            raise
         for alert in new:
             log.warning("ALERT %s", alert.summary())
             if self.on_alert is not None:

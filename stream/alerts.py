@@ -163,6 +163,18 @@ class SpikeDetector:
         """Mark a series as known (restored, possibly with no history) so it is not restored again."""
         self._series.setdefault(key, _Series())
 
+    def forget(self, keys: Iterable[SeriesKey] | None = None) -> None:
+        """Drop the state of ``keys`` (all series when None); the next batch restores it from PostgreSQL.
+
+        Call it when the transaction that stored this detector's alerts rolls back: the detector already
+        disarmed itself for an alert that now does not exist, and the database is the truth to rebuild from.
+        """
+        if keys is None:
+            self._series.clear()
+        else:
+            for key in keys:
+                self._series.pop(key, None)
+
     def observe(self, aggregates: Iterable[WindowAggregate], now: datetime | None = None) -> list[SpikeAlert]:
         """Take the current values of some windows (e.g. those a batch touched); return new alerts.
 

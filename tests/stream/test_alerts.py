@@ -206,6 +206,27 @@ def test_burst_through_postgres_survives_restart_and_replay_without_duplicates(d
     assert len(examples) == 3 and all(e["post_id"].startswith("globex-22-") for e in examples)
 
 
+def test_an_alert_rolled_back_with_its_transaction_fires_again_after_forget(db: Engine) -> None:
+    rng = random.Random(11)
+    config = SpikeConfig(min_volume=20, warmup_windows=12)
+    detector = SpikeDetector(config)
+    for i in range(16):
+        _process(db, detector, _posts_for_window("acme", i, 40, 0.2, rng))
+    burst = _posts_for_window("acme", 16, 40, 0.7, rng)
+    with db.begin() as conn:
+        _write_batch(conn, burst)
+    with pytest.raises(RuntimeError), db.begin() as conn:
+        aggs = recompute_windows(conn, windows_touched([_Post(p) for p in burst], (60,)), MV)
+        assert len(insert_alerts(conn, observe_with_history(conn, detector, aggs))) == 1
+        raise RuntimeError("the database went away before COMMIT")
+    # Without forget() the detector would stay disarmed for an alert that does not exist.
+    detector.forget()
+    with db.begin() as conn:
+        aggs = recompute_windows(conn, windows_touched([_Post(p) for p in burst], (60,)), MV)
+        again = insert_alerts(conn, observe_with_history(conn, detector, aggs))
+    assert [(a.topic, a.window_start) for a in again] == [("acme", T0 + timedelta(minutes=16))]
+
+
 # ---------------------------------------------------------------- delivery
 
 
