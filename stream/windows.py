@@ -37,6 +37,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     tuple_,
     values,
 )
@@ -123,40 +124,36 @@ def _keys_values(keys: Iterable[WindowKey]):  # noqa: ANN202 - a SQLAlchemy Valu
 def recompute_statement(keys: Iterable[WindowKey], model_version: str) -> Insert:
     """One INSERT ... SELECT ... ON CONFLICT DO UPDATE that recomputes ``keys`` for ``model_version``.
 
-    The SELECT starts from the keys (LEFT JOIN), so a window that has lost all its rows is written as
+    Each key is aggregated in a LATERAL subquery, so PostgreSQL reads only that window's posts through
+    ``ix_posts_topic_created_at`` (a plain join hashes the whole posts table: 0.7 s at 400k posts).  An
+    aggregate without GROUP BY always yields one row, so a window that has lost its rows is written as
     zero counts instead of keeping stale ones.  Unchanged rows are not rewritten (the DO UPDATE has a
-    WHERE ... IS DISTINCT FROM), so ``RETURNING`` yields only windows whose numbers changed.
+    WHERE ... IS DISTINCT FROM).
     """
     k = _keys_values(keys).alias("k")
     p, s = PostRow.__table__, SentimentRow.__table__
-    scored = (
-        select(p.c.topic, p.c.created_at, s.c.label, s.c.intensity)
-        .join(s, and_(s.c.post_pk == p.c.id, s.c.model_version == bindparam("model_version", model_version)))
-        .subquery("scored")
-    )
-    n_posts = func.count(scored.c.label)
-    n_negative = func.count(scored.c.label).filter(scored.c.label == "negative")
-    source = (
+    n_posts = func.count(s.c.label)
+    n_negative = func.count(s.c.label).filter(s.c.label == "negative")
+    counts = (
         select(
-            k.c.topic,
-            k.c.window_start,
-            k.c.window_seconds,
-            literal(model_version, Text).label("model_version"),
             n_posts.label("n_posts"),
             n_negative.label("n_negative"),
-            func.count(scored.c.label).filter(scored.c.label == "neutral").label("n_neutral"),
-            func.count(scored.c.label).filter(scored.c.label == "positive").label("n_positive"),
-            func.avg(scored.c.intensity).label("mean_intensity"),
+            func.count(s.c.label).filter(s.c.label == "neutral").label("n_neutral"),
+            func.count(s.c.label).filter(s.c.label == "positive").label("n_positive"),
+            func.avg(s.c.intensity).label("mean_intensity"),
             case((n_posts > 0, cast(n_negative, Float) / n_posts), else_=None).label("negative_share"),
-            func.now().label("updated_at"),
         )
-        .select_from(k)
-        .outerjoin(scored, and_(scored.c.topic == k.c.topic, scored.c.created_at >= k.c.window_start,
-                                scored.c.created_at < k.c.window_end))
-        .group_by(k.c.topic, k.c.window_start, k.c.window_seconds)
+        .select_from(p.join(s, and_(s.c.post_pk == p.c.id,
+                                    s.c.model_version == bindparam("model_version", model_version))))
+        .where(p.c.topic == k.c.topic, p.c.created_at >= k.c.window_start, p.c.created_at < k.c.window_end)
+        .lateral("counts")
     )
-    w = WindowAggregateRow.__table__
     counted = ("n_posts", "n_negative", "n_neutral", "n_positive", "mean_intensity", "negative_share")
+    source = select(
+        k.c.topic, k.c.window_start, k.c.window_seconds, literal(model_version, Text).label("model_version"),
+        *(counts.c[c] for c in counted), func.now().label("updated_at"),
+    ).select_from(k.join(counts, true()))
+    w = WindowAggregateRow.__table__
     stmt = pg_insert(w).from_select(
         ["topic", "window_start", "window_seconds", "model_version", *counted, "updated_at"], source)
     return stmt.on_conflict_do_update(
