@@ -39,7 +39,7 @@ from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import aiohttp
-from sqlalchemy import and_, func, select, tuple_
+from sqlalchemy import Integer, Text, and_, column, func, select, true, tuple_, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
@@ -347,13 +347,17 @@ def restore_series(conn: Connection, detector: SpikeDetector, keys: Iterable[Ser
     if not keys:
         return
     w = WindowAggregateRow.__table__
-    in_series = tuple_(w.c.topic, w.c.window_seconds, w.c.model_version).in_([tuple(k) for k in keys])
-    ranked = select(*(w.c[c] for c in AGGREGATE_COLUMNS),
-                    func.row_number().over(partition_by=(w.c.topic, w.c.window_seconds, w.c.model_version),
-                                           order_by=w.c.window_start.desc()).label("rank")
-                    ).where(in_series).subquery()
-    rows = conn.execute(select(*(ranked.c[c] for c in AGGREGATE_COLUMNS))
-                        .where(ranked.c.rank <= history_windows)).all()
+    series = values(column("topic", Text), column("window_seconds", Integer), column("model_version", Text),
+                    name="series").data([tuple(k) for k in keys]).alias("series")
+    recent = (select(*(w.c[c] for c in AGGREGATE_COLUMNS))
+              .where(w.c.topic == series.c.topic, w.c.window_seconds == series.c.window_seconds,
+                     w.c.model_version == series.c.model_version))
+    if now is not None:
+        recent = recent.where(w.c.window_start <= now + timedelta(seconds=detector.config.max_future_s))
+    # Per series, newest first through the (topic, window_seconds, window_start) index, then LIMIT.
+    recent = recent.order_by(w.c.window_start.desc()).limit(history_windows).lateral("recent")
+    rows = conn.execute(select(*(recent.c[c] for c in AGGREGATE_COLUMNS))
+                        .select_from(series.join(recent, true()))).all()
     history = [WindowAggregate(*r)._replace(window_start=r[1].astimezone(UTC)) for r in rows]
     a = AlertRow.__table__
     alerted = conn.execute(
