@@ -19,7 +19,8 @@ What the base does, so no platform module repeats it:
   the two repeats posts on restart (the worker upserts) but never skips one.
 
 Subclasses implement ``fetch`` (yield decoded payloads, each with the cursor that is safe to resume from
-once that payload is published) and ``to_post`` (payload -> Post, or None to skip).
+once that payload is published; yield ``None`` on a keep-alive so a quiet stream still checkpoints on
+time) and ``to_post`` (payload -> Post, or None to skip).
 """
 
 from __future__ import annotations
@@ -273,8 +274,8 @@ class Connector(ABC):
     # -- what a platform implements ---------------------------------------------------------------
 
     @abstractmethod
-    def fetch(self, cursor: str | None) -> Iterator[Item | BadPayload]:
-        """Connect (or poll once) and yield payloads; raise a SourceError or a network error on failure."""
+    def fetch(self, cursor: str | None) -> Iterator[Item | BadPayload | None]:
+        """Connect (or poll once) and yield payloads (None = keep-alive); raise SourceError/network errors."""
 
     @abstractmethod
     def to_post(self, payload: Any) -> Post | None:
@@ -373,7 +374,10 @@ class Connector(ABC):
         log.info("%s: retrying in %.1fs (%s, attempt %d)", self.source, delay, kind, attempt + 1)
         self._stop.wait(delay)
 
-    def _handle(self, entry: Item | BadPayload) -> None:
+    def _handle(self, entry: Item | BadPayload | None) -> None:
+        if entry is None:
+            self._maybe_checkpoint()
+            return
         if isinstance(entry, BadPayload):
             self._bad(entry.reason, entry.snippet)
             return
@@ -396,6 +400,9 @@ class Connector(ABC):
                 POSTS_PUBLISHED.labels(self.source).inc()
         if entry.cursor is not None:
             self._cursor = self.merge_cursor(self._cursor, entry.cursor)
+        self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
         if (self._since_checkpoint >= self.checkpoint_every
                 or time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_s):
             self.checkpoint()

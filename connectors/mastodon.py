@@ -125,7 +125,7 @@ class MastodonConnector(Connector):
 
     # -- fetching -----------------------------------------------------------------------------------
 
-    def fetch(self, cursor: str | None) -> Iterator[Item | BadPayload]:
+    def fetch(self, cursor: str | None) -> Iterator[Item | BadPayload | None]:
         if cursor:
             yield from self._catch_up(cursor)
         yield from self._stream()
@@ -150,7 +150,7 @@ class MastodonConnector(Connector):
                 return
         log.warning("mastodon: catch-up stopped after %d pages", self.max_catchup_pages)
 
-    def _stream(self) -> Iterator[Item | BadPayload]:
+    def _stream(self) -> Iterator[Item | BadPayload | None]:
         path, params = self._stream_request()
         response = self._get(path, params=params, stream=True, timeout=(10, self.read_timeout_s),
                              headers={"Accept": "text/event-stream"})
@@ -164,7 +164,8 @@ class MastodonConnector(Connector):
                     continue
                 text = line.decode("utf-8", "replace")
                 if text.startswith(":"):
-                    continue  # heartbeat comment
+                    yield None  # heartbeat comment: lets the base checkpoint a quiet stream
+                    continue
                 if text == "":
                     if data:
                         yield from self._dispatch(event, "\n".join(data))

@@ -120,7 +120,7 @@ class TwitterConnector(Connector):
 
     # -- fetching ---------------------------------------------------------------------------------
 
-    def fetch(self, cursor: str | None) -> Iterator[Item | BadPayload]:
+    def fetch(self, cursor: str | None) -> Iterator[Item | BadPayload | None]:
         state = self._cursor_state(cursor)
         if self.mode == "search":
             yield from self._search_all(state)
@@ -129,7 +129,7 @@ class TwitterConnector(Connector):
             yield from self._search_all(state)  # catch-up for the time we were disconnected
         yield from self._stream()
 
-    def _stream(self) -> Iterator[Item | BadPayload]:
+    def _stream(self) -> Iterator[Item | BadPayload | None]:
         response = self._open("GET", "/2/tweets/search/stream", params=FIELDS, stream=True,
                               timeout=(10, self.read_timeout_s))
         self._slot.set(response)
@@ -140,7 +140,8 @@ class TwitterConnector(Connector):
                     yield line
                     continue
                 if not line.strip():
-                    continue  # keep-alive
+                    yield None  # keep-alive: lets the base checkpoint a quiet stream
+                    continue
                 entry = decode_json(line)
                 if isinstance(entry, Item):
                     entry.cursor = self._stream_cursor(entry.payload)
