@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import Counter
 
-from connectors.cursor import CursorStore
+from connectors.cursor import CursorStore, CursorStoreError
 from connectors.post import Post, PostDecodeError
 from connectors.publisher import PostPublisher
 from connectors.topics import TopicsConfig
@@ -270,6 +270,7 @@ class Connector(ABC):
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._attempts: dict[str, int] = {}
+        self._prepared = False
 
     # -- what a platform implements ---------------------------------------------------------------
 
@@ -314,7 +315,6 @@ class Connector(ABC):
         self._cursor = self._saved_cursor = self.cursor_store.load(self.source)
         log.info("%s: starting (cursor %s)", self.source, self._cursor or "none")
         try:
-            self.prepare()
             while not self.stopping:
                 self._run_once()
         finally:
@@ -328,6 +328,9 @@ class Connector(ABC):
         kind: str | None = None
         retry_after: float | None = None
         try:
+            if not self._prepared:  # inside the retry loop: a 503 while syncing rules is retried too
+                self.prepare()
+                self._prepared = True
             for entry in self.fetch(self._cursor):
                 if not healthy and time.monotonic() - started >= self.backoff.healthy_after_s:
                     healthy = True
@@ -422,6 +425,10 @@ class Connector(ABC):
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         if self._cursor is not None and self._cursor != self._saved_cursor:
-            self.cursor_store.save(self.source, self._cursor)
+            try:
+                self.cursor_store.save(self.source, self._cursor)
+            except CursorStoreError as exc:  # posts are safe in Kafka; only a restart could repeat some
+                log.warning("%s: %s; will retry at the next checkpoint", self.source, exc)
+                return
             self._saved_cursor = self._cursor
             self.stats.checkpoints += 1
