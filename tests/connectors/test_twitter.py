@@ -206,3 +206,29 @@ def test_search_honours_429_reset_then_pages_since_id(broker_target: BrokerTarge
     assert json.loads(store.load("twitter"))["skyways"] == "2004"
     records = read_topic(broker_target, topic, expect=4)
     assert sorted(k for k, _ in records) == ["twitter:2001", "twitter:2002", "twitter:2003", "twitter:2004"]
+
+
+def test_a_stalled_stream_is_detected_by_the_read_timeout(broker_target: BrokerTarget, topic: str) -> None:
+    """No tweet and no keep-alive for longer than the read timeout: reconnect instead of hanging."""
+
+    def handle(req: Request, res: Responder) -> None:
+        if req.path == "/2/tweets/search/recent":
+            res.send_json(200, {"meta": {"result_count": 0}})
+        elif req.path == "/2/tweets/search/stream":
+            res.start_stream()
+            if req.number_for_path == 0:
+                res.chunk(message(tweet("3001", "skyways before the stall")))
+                server.closing.wait(10)  # silence: not even the keep-alive newline
+            else:
+                res.chunk(message(tweet("3002", "skyways after the reconnect")))
+                while not server.closing.is_set():
+                    res.chunk(b"\r\n")
+                    time.sleep(0.1)
+
+    with FakeServer(handle) as server, KafkaPublisher(broker_target, topic) as publisher:
+        connector = _connector(server, publisher, InMemoryCursorStore(), sync_rules=False, read_timeout_s=1.0)
+        with ConnectorThread(connector) as runner:
+            assert wait_until(lambda: connector.stats.published >= 2, timeout_s=15)
+            stats = runner.stop()
+    assert stats.reconnects.get("network", 0) >= 1
+    assert sorted(k for k, _ in read_topic(broker_target, topic, expect=2)) == ["twitter:3001", "twitter:3002"]
