@@ -39,9 +39,13 @@ PublishAlert = Callable[[bytes, bytes], Awaitable[None]]
 
 
 class WindowAlertStage:
-    """The ``after_write`` step of the worker's BatchProcessor."""
+    """The ``after_write`` step of the worker's BatchProcessor.
 
-    def __init__(self, engine: Engine, window_lengths_s: Sequence[int], detector: SpikeDetector,
+    With ``detector=None`` it only recomputes windows: `sentistream rescore` uses that, so scoring
+    history with a new model never raises (or delivers) alerts about the past.
+    """
+
+    def __init__(self, engine: Engine, window_lengths_s: Sequence[int], detector: SpikeDetector | None,
                  notifier: AlertNotifier | None = None, publish_alert: PublishAlert | None = None,
                  executor: Executor | None = None, on_alert: Callable[[SpikeAlert], None] | None = None) -> None:
         self.engine = engine
@@ -60,7 +64,8 @@ class WindowAlertStage:
         loop = asyncio.get_running_loop()
         if keys_by_version:
             await loop.run_in_executor(self.executor, self.recompute_and_detect, dict(keys_by_version))
-        await self.deliver_pending()
+        if self.detector is not None:
+            await self.deliver_pending()
 
     def recompute_and_detect(self, keys_by_version: dict[str, set[WindowKey]]) -> list[SpikeAlert]:
         """One transaction: windows recomputed, spikes detected, new alerts stored."""
@@ -69,9 +74,11 @@ class WindowAlertStage:
             with self.engine.begin() as conn:
                 for version, keys in sorted(keys_by_version.items()):
                     aggregates = recompute_windows(conn, keys, version)
-                    new += insert_alerts(conn, observe_with_history(conn, self.detector, aggregates))
+                    if self.detector is not None:
+                        new += insert_alerts(conn, observe_with_history(conn, self.detector, aggregates))
         except BaseException:
-            self.detector.forget()  # it may have disarmed for an alert that was rolled back: rebuild from rows
+            if self.detector is not None:
+                self.detector.forget()  # it may have disarmed for an alert that was rolled back: rebuild from rows
             raise
         for alert in new:
             log.warning("ALERT %s", alert.summary())

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from connectors.broker import BrokerTarget, ensure_topics, faust_broker_settings
+from stream import metrics
+from stream.metrics import HealthState
 from stream.pipeline import BatchProcessor, RawMessage
 from stream.settings import Settings
 from stream.sink import DeadLetter
@@ -33,21 +36,20 @@ log = logging.getLogger(__name__)
 class WorkerState:
     """What /health reports and what the agent built at start-up."""
 
+    health: HealthState = field(default_factory=HealthState)
     processor: BatchProcessor | None = None
     model_version: str | None = None
-    model_error: str | None = None
-    database_up: bool = False
-    database_error: str | None = None
     batches: int = 0
     posts_written: int = 0
     dead_letters: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 ProcessorFactory = Any  # Callable[[faust.App, WorkerState], Awaitable[BatchProcessor]]
 
 
-def create_app(settings: Settings, broker: BrokerTarget, processor_factory: ProcessorFactory) -> faust.App:
+def create_app(settings: Settings, broker: BrokerTarget, processor_factory: ProcessorFactory,
+               state: WorkerState | None = None) -> faust.App:
     """Build the Faust app for one worker process; ``processor_factory`` wires the pipeline parts."""
     app = faust.App(
         settings.consumer_group,
@@ -70,7 +72,7 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
     dead_topic = app.topic(settings.topic_deadletter, key_type=bytes, value_type=bytes,
                            key_serializer="raw", value_serializer="raw",
                            partitions=settings.topic_partitions)
-    state = WorkerState()
+    state = state or WorkerState()
     app.sentistream_state = state  # type: ignore[attr-defined]
 
     async def publish_dead_letters(dead: Sequence[DeadLetter]) -> None:
@@ -106,22 +108,61 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
                 log.warning("batch of %d not saved (worker stopping); not acked, it will be redelivered",
                             len(messages))
                 continue
-            state.batches += 1
-            state.posts_written += report.written.posts if report.written else 0
-            state.dead_letters += len(report.dead_letters)
             for e in events:
                 await stream.ack(e)
-            log.debug("batch of %d saved in %.3fs", len(messages), report.seconds)
+            _record(app, state, messages, report)
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        snapshot = state.health.snapshot()
+        snapshot["model_version"] = state.model_version
+        snapshot["counts"] = {"batches": state.batches, "posts_written": state.posts_written,
+                              "dead_letters": state.dead_letters}
+        return web.json(snapshot, status=200 if state.health.healthy else 503)
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        body, content_type = metrics.render()
+        return web.bytes(body, content_type=content_type.split(";")[0])
 
     app.sentistream_agent = score_posts  # type: ignore[attr-defined]
     return app
 
 
-def run_worker(settings: Settings, broker: BrokerTarget, processor_factory: ProcessorFactory) -> int:
+def _record(app: faust.App, state: WorkerState, messages: Sequence[RawMessage], report: Any) -> None:
+    """Counters, histograms, lag and the progress heartbeat after a committed batch."""
+    state.batches += 1
+    written = report.written.posts if report.written else 0
+    state.posts_written += written
+    state.dead_letters += len(report.dead_letters)
+    metrics.POSTS_IN.inc(len(messages))
+    metrics.POSTS_OUT.inc(written)
+    metrics.DEAD_LETTERS.inc(len(report.dead_letters))
+    metrics.observe_batch(len(messages), report.stage_seconds)
+    metrics.count_media(report.media_statuses)
+    for m in messages:
+        key = (m.topic, m.partition)
+        state.next_offsets[key] = max(state.next_offsets.get(key, 0), m.offset + 1)
+    lag: dict[tuple[str, int], int] = {}
+    for (topic, partition), next_offset in state.next_offsets.items():
+        try:
+            high = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # noqa: BLE001 - lag is best-effort telemetry
+            high = None
+        if high is not None:
+            lag[(topic, partition)] = max(0, int(high) - next_offset)
+    metrics.set_consumer_lag(lag)
+    state.health.mark_up("broker")
+    state.health.record_progress(backlog=sum(lag.values()))
+    log.debug("batch of %d saved in %.3fs", len(messages), report.seconds)
+
+
+def run_worker(settings: Settings, broker: BrokerTarget, processor_factory: ProcessorFactory,
+               state: WorkerState | None = None) -> int:
     """Create topics, build the app, and run it until SIGTERM/SIGINT; returns the exit code."""
     ensure_topics(broker, [settings.topic_raw, settings.topic_deadletter, settings.topic_alerts],
                   settings.topic_partitions)
-    app = create_app(settings, broker, processor_factory)
+    app = create_app(settings, broker, processor_factory, state)
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=settings.log_level.upper() if settings.log_level != "warning" else "WARN",

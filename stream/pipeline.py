@@ -68,6 +68,8 @@ class BatchReport:
     scored: int
     seconds: float
     attempts: int = 1
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    media_statuses: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -130,10 +132,16 @@ class BatchProcessor:
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchReport:
         started = time.perf_counter()
+        stages: dict[str, float] = {}
         decoded, dead = decode_batch(messages)
         posts = [p for p, _ in decoded]
+        t = time.perf_counter()
         fetched = await self._fetch_media(posts)
+        stages["media"] = time.perf_counter() - t
+        t = time.perf_counter()
         sentiments = await self._score(posts, fetched)
+        stages["score"] = time.perf_counter() - t
+        t = time.perf_counter()
         records = [
             SinkRecord(post=p, media=f.outcomes, sentiment=s,
                        modalities=("text", "image") if f.images else ("text",),
@@ -141,12 +149,14 @@ class BatchProcessor:
             for (p, m), f, s in zip(decoded, fetched, sentiments, strict=True)
         ]
         written, attempts, rejected = await self._write(records, dead)
+        stages["sink"] = time.perf_counter() - t
         dead = dead + rejected
         if dead and self.publish_dead_letters is not None:
             try:
                 await self.publish_dead_letters(dead)
             except Exception:  # noqa: BLE001 - they are durable in dead_letters already
                 log.exception("could not publish %d dead letters to Kafka (they are in PostgreSQL)", len(dead))
+        t = time.perf_counter()
         if self.after_write is not None and written is not None:
             # Windows are recomputed from the committed rows before the batch is acked, so a crash here
             # means the batch is redelivered and the recompute runs again (it is idempotent).
@@ -157,9 +167,12 @@ class BatchProcessor:
                     raise  # stopping with the database down: leave the batch unacked
                 log.exception("window/alert update failed; rows are committed, the windows are "
                               "recomputed when next touched")
+        stages["windows"] = time.perf_counter() - t
+        stages["total"] = time.perf_counter() - started
         return BatchReport(received=len(messages), written=written, dead_letters=dead,
                            scored=sum(s is not None for s in sentiments),
-                           seconds=time.perf_counter() - started, attempts=attempts)
+                           seconds=stages["total"], attempts=attempts, stage_seconds=stages,
+                           media_statuses=[m.status for r in records for m in r.media])
 
     async def _fetch_media(self, posts: Sequence[Post]) -> list[FetchedMedia]:
         if self.media is None or not any(p.image_urls for p in posts):

@@ -74,13 +74,12 @@ async def rescore(engine: Engine, scorer: Any, settings: Settings, *, since: dat
                   batch_size: int, media: bool = True, force: bool = False) -> int:
     """Score every matching post in id order, batch by batch; returns how many were scored."""
     from stream.aggregation import WindowAlertStage
-    from stream.alerts import SpikeConfig, SpikeDetector
     from stream.media import MediaFetcher
     from stream.worker import media_stage, score_input_factory
 
     sink = PostgresSink(engine)
     build_input = score_input_factory()
-    windows = WindowAlertStage(engine, settings.window_lengths_s, SpikeDetector(SpikeConfig.from_settings(settings)))
+    windows = WindowAlertStage(engine, settings.window_lengths_s, detector=None)  # no alerts about the past
     fetcher = MediaFetcher.from_settings(settings) if media else None
     fetch = media_stage(fetcher) if fetcher is not None else None
     if fetcher is not None:

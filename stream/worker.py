@@ -15,8 +15,10 @@ from typing import Any
 import faust
 
 from connectors.post import Post
+from stream import metrics
 from stream.app import WorkerState, run_worker
 from stream.embedded import services
+from stream.metrics import HealthState
 from stream.migrate import check_schema, make_engine, wait_for_database
 from stream.pipeline import BatchProcessor
 from stream.settings import Settings
@@ -108,12 +110,16 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
 
     def on_db_state(up: bool, error: str | None) -> None:
         if state is not None:
-            state.database_up, state.database_error = up, error
+            if up:
+                state.health.mark_up("database")
+            else:
+                state.health.mark_down("database", error or "unreachable")
 
     windows = WindowAlertStage(
         engine, settings.window_lengths_s, SpikeDetector(SpikeConfig.from_settings(settings)),
         notifier=AlertNotifier(settings.alert_webhook_url) if settings.alert_webhook_url else None,
         publish_alert=publish_alert, executor=executor,
+        on_alert=lambda alert: metrics.ALERTS.labels(alert.kind).inc(),
     )
     return BatchProcessor(
         sink,
@@ -137,9 +143,17 @@ def main(settings: Settings) -> int:
         engine.dispose()
         scorer = load_scorer(settings)
 
+        state = WorkerState(health=HealthState(("broker", "database", "model") if settings.scoring
+                                               else ("broker", "database")))
+        state.health.mark_up("database")
+        if scorer is not None:
+            state.health.mark_up("model")
+        elif settings.scoring:
+            state.health.mark_down("model", "no model checkpoint loaded; posts are stored unscored")
+
         async def processor_factory(app: faust.App, state: WorkerState) -> BatchProcessor:
             state.model_version = scorer.model_version if scorer is not None else None
-            state.database_up = True
+            state.health.mark_up("broker")
             fetcher = None
             if settings.media_enabled and scorer is not None:
                 from stream.media import MediaFetcher
@@ -155,5 +169,5 @@ def main(settings: Settings) -> int:
 
         log.info("worker consuming %s from %s (embedded=%s)", settings.topic_raw,
                  resolved.broker.bootstrap_servers, resolved.broker.embedded)
-        return run_worker(settings, resolved.broker, processor_factory)
+        return run_worker(settings, resolved.broker, processor_factory, state)
 
