@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import requests
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors.broker import BrokerTarget, ensure_topics, kafka_python_consumer_config
@@ -46,6 +47,17 @@ def test_replay_to_postgres_is_idempotent(broker, embedded_db, worker_factory, t
                                "ORDER BY post_id) FROM posts") == first
     # The analyst view counts each post once.
     assert scalar(embedded_db, "SELECT sum(n_posts) FROM trend_minute WHERE topic = 'acme'") == 120
+
+    # Operators see the same through /health and /metrics on the worker's web port.
+    base = f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}"
+    health = requests.get(f"{base}/health", timeout=5)
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["status"] == "ok" and body["components"]["database"]["up"] is True
+    assert body["counts"]["posts_written"] == 240
+    exposition = requests.get(f"{base}/metrics", timeout=5).text
+    assert "sentistream_posts_out_total 240.0" in exposition
+    assert 'sentistream_consumer_lag{partition="' in exposition
     assert worker.stop() == 0, worker.log()
 
 
