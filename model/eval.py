@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,9 @@ from model import data, metrics
 from model.baselines import MajorityBaseline, VaderBaseline
 from model.labels import LABEL_TO_INDEX, LABELS
 from model.plots import plot_confusion_matrix
+
+if TYPE_CHECKING:
+    from model.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +255,7 @@ class ScoredSplit:
 
 
 def predict_with_scorer(
-    scorer, examples: Sequence[data.Example], batch_size: int = 64, progress: bool = True
+    scorer: Scorer, examples: Sequence[data.Example], batch_size: int = 64, progress: bool = True
 ) -> ScoredSplit:
     """Run ``scorer.score`` over the examples in batches (text plus the post's picture, if any)."""
     from model.scorer import ScoreInput  # the serving path; imported here so metrics need no torch
@@ -283,7 +287,7 @@ def evaluate_checkpoint(
     n_resamples: int = 1000,
     limit: int | None = None,
     seed: int = 0,
-    scorer_factory: Callable[..., object] | None = None,
+    scorer_factory: Callable[..., Scorer] | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Score ``checkpoint`` (None: the packaged default) on ``dataset`` and build the report.
