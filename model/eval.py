@@ -18,7 +18,7 @@ import csv
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -287,13 +287,14 @@ def evaluate_checkpoint(
     n_resamples: int = 1000,
     limit: int | None = None,
     seed: int = 0,
-    scorer_factory: Callable[..., Scorer] | None = None,
+    scorer: Scorer | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Score ``checkpoint`` (None: the packaged default) on ``dataset`` and build the report.
 
     With ``out_dir`` the markdown report (``report.md``), the confusion matrix PNG and a predictions
-    CSV are written there. ``limit`` evaluates the first N examples only (smoke tests).
+    CSV are written there. ``limit`` evaluates the first N examples only (smoke tests). An already
+    loaded ``scorer`` (e.g. the benchmark's) is used instead of loading ``checkpoint`` again.
     """
     if dataset not in SPLITS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
@@ -301,11 +302,10 @@ def evaluate_checkpoint(
     examples, train_labels = load_split(dataset)
     if limit is not None:
         examples = examples[:limit]
-    if scorer_factory is None:
+    if scorer is None:
         from model.scorer import Scorer
 
-        scorer_factory = Scorer.from_checkpoint
-    scorer = scorer_factory(checkpoint, device=device)
+        scorer = Scorer.from_checkpoint(checkpoint, device=device)
     scored = predict_with_scorer(scorer, examples, batch_size=batch_size, progress=progress)
     checkpoint_name = str(checkpoint) if checkpoint is not None else "packaged default checkpoint"
     report = evaluate_predictions(
