@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from connectors.base import (
     BackoffPolicy,
@@ -113,7 +114,13 @@ class _Scripted(Connector):
         return Post(platform="replay", post_id=str(payload), text="x", created_at=datetime(2026, 1, 1, tzinfo=UTC))
 
 
+def _metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {"source": "replay"}) or 0.0
+
+
 def test_flush_comes_before_every_cursor_save_and_failures_are_retried() -> None:
+    published_before = _metric("sentistream_connector_posts_published_total")
+    bad_before = _metric("sentistream_connector_payloads_bad_total")
     journal = _Journal()
     journal.fail_saves = 1
     connector = _Scripted(journal, [
@@ -131,3 +138,5 @@ def test_flush_comes_before_every_cursor_save_and_failures_are_retried() -> None
     for i in saves:
         assert journal.events[i - 1] == "flush"  # flushed right before the cursor moved
     assert journal.events.index("publish 2") < saves[-1]
+    assert _metric("sentistream_connector_posts_published_total") - published_before == 2
+    assert _metric("sentistream_connector_payloads_bad_total") - bad_before == 1

@@ -148,3 +148,29 @@ def test_wrong_password_answered_with_200_invalid_grant_is_fatal(broker_target: 
                                     api_url=server.url, backoff=FAST)
         with pytest.raises(AuthError, match="invalid_grant"):
             connector.run()
+
+
+def test_expired_token_is_refreshed_once(broker_target: BrokerTarget, topic: str) -> None:
+    tokens = ["tok-1", "tok-2"]
+    issued: list[str] = []
+
+    def handle(req: Request, res: Responder) -> None:
+        if req.path == "/api/v1/access_token":
+            issued.append(tokens[len(issued)])
+            res.send_json(200, {"access_token": issued[-1], "token_type": "bearer", "expires_in": 86400, "scope": "*"})
+        elif req.headers["authorization"] == "bearer tok-1":
+            res.send_json(401, {"message": "Unauthorized", "error": 401})  # revoked early by Reddit
+        elif req.path == "/r/travel+flights/search":
+            res.send_json(200, listing([SELF]))
+        else:
+            res.send_json(200, listing([]))
+
+    with FakeServer(handle) as server, KafkaPublisher(broker_target, topic) as publisher:
+        connector = RedditConnector(publisher, InMemoryCursorStore(), TOPICS, credentials=CREDS,
+                                    api_url=server.url, backoff=FAST, poll_interval_s=0.05)
+        connector.budget.min_interval_s = 0.0
+        with ConnectorThread(connector) as runner:
+            assert wait_until(lambda: connector.stats.published >= 1, timeout_s=15)
+            runner.stop()
+    assert issued == ["tok-1", "tok-2"]
+    assert [k for k, _ in read_topic(broker_target, topic, expect=1)] == ["reddit:p1"]
