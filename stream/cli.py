@@ -95,7 +95,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentistream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sentistream",
+        description="Multimodal sentiment monitoring of social feeds: connectors -> Kafka -> worker -> "
+                    "PostgreSQL. Settings come from SENTISTREAM_* variables (see .env.example); with no "
+                    "broker or database configured, embedded ones are started.")
     parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default from settings)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
