@@ -76,6 +76,10 @@ def log_mel_spectrogram(waveform: np.ndarray | Tensor, sample_rate: int, n_mels:
     n_fft = 2 ** math.ceil(math.log2(win_length))
     if wave.numel() < win_length:
         wave = F.pad(wave, (0, win_length - wave.numel()))
+    # stft centres the win_length window inside each n_fft frame: pad so that frame i's window
+    # covers exactly samples [i*hop, i*hop + win_length) of the clip
+    side = (n_fft - win_length) // 2
+    wave = F.pad(wave, (side, n_fft - win_length - side))
     spec = torch.stft(
         wave,
         n_fft=n_fft,
@@ -101,14 +105,7 @@ class AudioBranch(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         channels = config.audio_channels
-        self.cnn = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2, ceil_mode=True),
-        )
+        self.convs = nn.ModuleList([nn.Conv2d(1, channels, 3, padding=1), nn.Conv2d(channels, channels, 3, padding=1)])
         freq_out = math.ceil(math.ceil(config.audio_mels / 2) / 2)
         self.frame_proj = nn.Sequential(nn.Linear(channels * freq_out, 2 * config.audio_hidden), nn.ReLU())
         self.lstm = MaskedBiLSTM(2 * config.audio_hidden, config.audio_hidden)
@@ -117,14 +114,17 @@ class AudioBranch(nn.Module):
         self.output_dim = self.lstm.output_dim
 
     def forward(self, log_mel: Tensor, mask: Tensor) -> BranchOutput:
-        x = log_mel * mask.unsqueeze(1).to(log_mel.dtype)  # (B,M,A)
-        maps = self.cnn(x.unsqueeze(1))  # (B,C,M',A')
-        batch, channels, freq, frames = maps.shape
-        steps = maps.permute(0, 3, 1, 2).reshape(batch, frames, channels * freq)  # (B,A',C*M')
-        step_mask = mask.unsqueeze(1).float()
-        for _ in range(2):
-            step_mask = F.max_pool1d(step_mask, 2, 2, ceil_mode=True)
-        step_mask = step_mask.squeeze(1).bool()[:, :frames]  # (B,A')
+        x = (log_mel * mask.unsqueeze(1).to(log_mel.dtype)).unsqueeze(1)  # (B,1,M,A)
+        step_mask = mask
+        for conv in self.convs:
+            # re-mask after each conv: a padded frame next to a valid one would otherwise turn
+            # non-zero (bias + the neighbour) and leak into the valid frame through the max pool
+            x = torch.relu(conv(x)) * step_mask[:, None, None, :].to(x.dtype)
+            x = F.max_pool2d(x, 2, ceil_mode=True)
+            step_mask = F.max_pool1d(step_mask.unsqueeze(1).float(), 2, 2, ceil_mode=True).squeeze(1).bool()
+        batch, channels, freq, frames = x.shape  # (B,C,M',A')
+        steps = x.permute(0, 3, 1, 2).reshape(batch, frames, channels * freq)  # (B,A',C*M')
+        step_mask = step_mask[:, :frames]
         states = self.dropout(self.lstm(self.frame_proj(steps), step_mask))
         context, weights = self.pooling(states, step_mask)
         return BranchOutput(context=context, sequence=states, sequence_mask=step_mask, weights=weights)
