@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from connectors.broker import SESSION_TIMEOUT_S
+from connectors.broker import KAFKA_SESSION_TIMEOUT_S
 from stream.cli import build_parser
 from stream.embedded import to_sqlalchemy_url
 from stream.settings import PREFIX, Settings
@@ -234,7 +234,7 @@ def test_kafka_is_kraft_and_serves_the_address_the_app_uses(services: dict[str, 
     advertised = {u.split("://")[0]: u.split("://")[1] for u in env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
     assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
     # Fast group joins: the clients' session timeout must be inside the broker's allowed range.
-    assert int(env["KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS"]) <= SESSION_TIMEOUT_S * 1000
+    assert int(env["KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS"]) <= KAFKA_SESSION_TIMEOUT_S * 1000
     for app_name, app in app_services(services).items():
         bootstrap = environment_of(app)["SENTISTREAM_KAFKA"]
         for server in bootstrap.split(","):
