@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-import psycopg2
 from sqlalchemy import text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from connectors.broker import ensure_topics
 from connectors.post import Post, PostDecodeError
@@ -61,27 +60,7 @@ def rebased_posts(lines: list[str], media: DemoMediaServer, now: datetime) -> li
 
 def demo_database_url(server_url: str, keep: bool) -> str:
     """A ``sentistream_demo`` database beside the server's default one, recreated unless ``keep``."""
-    url = make_url(server_url)
-    admin = {"dbname": url.database or "postgres", "user": url.username or "postgres"}
-    if url.query.get("host"):
-        admin["host"] = url.query["host"]
-    else:
-        admin.update(host=url.host or "127.0.0.1", port=url.port or 5432)
-    if url.password:
-        admin["password"] = url.password
-    conn = psycopg2.connect(**admin)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,))
-            exists = cur.fetchone() is not None
-            if exists and not keep:
-                cur.execute(f'DROP DATABASE "{DEMO_DATABASE}" WITH (FORCE)')
-            if not exists or not keep:
-                cur.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
-    finally:
-        conn.close()
-    return url.set(database=DEMO_DATABASE).render_as_string(hide_password=False)
+    return migrate.create_database(server_url, DEMO_DATABASE, replace=not keep)
 
 
 def model_available(settings: Settings) -> bool:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from sqlalchemy.engine import make_url
 
+from stream import migrate
 from stream.embedded import EmbeddedPostgres, to_sqlalchemy_url
 
 DEFAULT_CONFIGURED = "postgresql://postgres@127.0.0.1:5432/test"
@@ -63,35 +63,11 @@ def pg_server(request: pytest.FixtureRequest) -> str:
 
 
 def create_database(server_url: str, prefix: str = "t") -> str:
-    """Create an empty database on the server of ``server_url``; return its SQLAlchemy URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    _admin(server_url, f'CREATE DATABASE "{name}"')
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    """Create an empty, uniquely named database on the server of ``server_url``; return its URL."""
+    return migrate.create_database(server_url, f"{prefix}_{uuid.uuid4().hex[:12]}")
 
 
-def drop_database(url: str) -> None:
-    u = make_url(url)
-    _admin(u.set(database="postgres").render_as_string(hide_password=False),
-           f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)')
-
-
-def _admin(server_url: str, sql: str) -> None:
-    u = make_url(server_url)
-    kwargs = {"dbname": u.database or "postgres", "user": u.username or "postgres"}
-    if u.query.get("host"):
-        kwargs["host"] = u.query["host"]
-    else:
-        kwargs["host"] = u.host or "127.0.0.1"
-        kwargs["port"] = u.port or 5432
-    if u.password:
-        kwargs["password"] = u.password
-    conn = psycopg2.connect(**kwargs)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
+drop_database = migrate.drop_database
 
 
 @pytest.fixture
