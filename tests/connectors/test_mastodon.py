@@ -168,9 +168,10 @@ def test_html_to_text_keeps_line_structure() -> None:
 
 
 def test_broker_restart_mid_stream_loses_nothing_and_holds_the_cursor(tmp_path: Any, topic: str) -> None:
-    """The broker stops while posts keep arriving: they are held, the cursor does not move past them,
-    and they reach the broker once it is back (Tansu keeps its log in memory, so only what arrives
-    during and after the outage can be checked on the restarted broker)."""
+    """The broker stops while posts keep arriving: they are held, the cursor does not move past them
+    (the checkpoint's flush blocks the connector: backpressure), and they reach the broker once it is
+    back.  Tansu keeps its log in memory, so only what arrives during and after the outage can be
+    checked on the restarted broker."""
     from connectors.broker import BrokerTarget
     from stream.embedded import EmbeddedBroker, free_port
 
@@ -193,7 +194,8 @@ def test_broker_restart_mid_stream_loses_nothing_and_holds_the_cursor(tmp_path: 
     target = BrokerTarget(broker.bootstrap_servers, embedded=True)
     store = InMemoryCursorStore()
     try:
-        with FakeServer(handle) as server, KafkaPublisher(target, topic, resend_backoff_s=(0.1, 0.5)) as publisher:
+        with FakeServer(handle) as server, KafkaPublisher(target, topic, resend_backoff_s=(0.1, 0.5),
+                                                                flush_timeout_s=60) as publisher:
             connector = MastodonConnector(publisher, store, topics, instance_url=server.url, backoff=FAST,
                                           checkpoint_interval_s=0.2)
             with ConnectorThread(connector) as runner:
@@ -201,8 +203,8 @@ def test_broker_restart_mid_stream_loses_nothing_and_holds_the_cursor(tmp_path: 
                 assert wait_until(lambda: store.load("mastodon") == "402", timeout_s=20)
                 broker.stop()
                 phase["n"] = 2  # 403..405 arrive while the broker is down
-                assert wait_until(lambda: connector.stats.published == 5, timeout_s=20)
-                time.sleep(1.0)
+                assert wait_until(lambda: connector.stats.published >= 3, timeout_s=20)
+                time.sleep(1.0)  # checkpoints are due every 0.2 s: the flush now waits for the broker
                 assert store.load("mastodon") == "402"  # not saved past posts Kafka has not acknowledged
                 broker = EmbeddedBroker(tmp_path / "b", port=port).start()
                 phase["n"] = 3
