@@ -350,6 +350,10 @@ class Connector(ABC):
             kind = "network"
             if not self.stopping:
                 log.warning("%s: connection lost (%s: %s)", self.source, type(exc).__name__, exc)
+        except Exception:
+            if not self.stopping:
+                raise
+            log.debug("%s: error while stopping", self.source, exc_info=True)  # a cut socket, mid-read
         self.checkpoint()
         if self.stopping:
             return

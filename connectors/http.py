@@ -97,12 +97,15 @@ class ResponseSlot:
         if response is None:
             return
         sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        response.close()
+        if sock is None:
+            response.close()
+            return
+        try:
+            # Only wake the reader (it sees EOF); it closes the response itself.  Closing it from this
+            # thread would pull the file object from under a read in progress.
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def stream_chunks(response: requests.Response) -> Iterator[bytes]:
