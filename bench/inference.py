@@ -208,6 +208,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    parser.add_argument("--compare-threads", default="1",
+                        help="also run text at batch 64 with these torch thread counts (CPU only; '' skips)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="default: the shipped checkpoint, else an untrained stand-in")
     parser.add_argument("--results-file", type=Path, default=DEFAULT_RESULTS_FILE)
@@ -237,6 +239,16 @@ def main(argv: list[str] | None = None) -> int:
 
     scorer = Scorer.from_checkpoint(chosen.path, device=device)
     rows = bench_scorer(bench, scorer, texts, [], batch_sizes, [m for m in modes if m == "text"], sort_compare)
+    if device == "cpu":
+        for threads in [int(t) for t in args.compare_threads.split(",") if t.strip()]:
+            if threads == args.threads:
+                continue
+            torch.set_num_threads(threads)
+            extra = bench_scorer(bench, scorer, texts, [], [64], ["text"], [])
+            for row in extra:
+                row.baseline_key, row.note = None, f"torch threads {threads} instead of {args.threads}"
+            rows += extra
+        torch.set_num_threads(args.threads)
     if "image" in modes:
         image_texts = cycle(texts_all, args.image_posts)
         rows += bench_scorer(bench, scorer, image_texts, skimage_photos(), batch_sizes, ["image"], [])

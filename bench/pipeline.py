@@ -238,19 +238,29 @@ def run_scenario(sc: Scenario, *, server_url: str, chosen: ChosenCheckpoint, tex
 
 def bare_model_rate(chosen: ChosenCheckpoint, texts: list[str], photos: list | None, device: str,
                     batch_size: int, posts: int, repeats: int) -> float:
-    """The Scorer alone on the same kind of inputs, one ``score`` call per worker-sized batch."""
-    import torch
+    """The Scorer alone on the same kind of inputs, one worker-sized batch at a time.
+
+    Called the way the worker calls it: ``prepare`` then ``score_prepared`` in a thread-pool thread
+    (asyncio's default executor there), with torch's thread settings left as the worker leaves them.
+    That matters here: on a loaded 2-core machine two intra-op threads in the main thread measured
+    2-4x slower than in a pool thread, so a main-thread figure would not be the worker's model cost.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     from model.scorer import ScoreInput, Scorer
 
-    if device == "cpu":
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
     scorer = Scorer.from_checkpoint(chosen.path, device=device)
     inputs = [ScoreInput(text=t, images=[photos[i % len(photos)]] if photos else [])
               for i, t in enumerate(cycle(texts, posts))]
     batches = [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
-    scorer.score(batches[0])  # warm-up
-    timings = time_repeats(lambda: [scorer.score(b) for b in batches], len(inputs), repeats)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        def score_all() -> None:
+            for batch in batches:
+                prepared = pool.submit(scorer.prepare, batch).result()
+                pool.submit(scorer.score_prepared, prepared).result()
+
+        pool.submit(scorer.score, batches[0]).result()  # warm-up
+        timings = time_repeats(score_all, len(inputs), repeats)
     return timings.rate_median
 
 
@@ -343,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                     rate = 0.5 * full.sustained_rate if full is not None else 10.0
                 else:
                     rate = float(args.rate)
-                sc = Scenario("rate", 1, False, rate, min(args.posts, max(20, round(rate * args.rate_seconds))))
+                sc = Scenario("rate", 1, False, float(rate),
+                              min(args.posts, max(20, round(rate * args.rate_seconds))))
             elif name == "images":
                 sc = Scenario("images", 1, True, None, args.image_posts)
             elif name == "two-workers":
@@ -368,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{args.batch_size} / {Settings().batch_latency_ms} ms, default windows and alerts; torch "
                           "picks its own thread count in each worker (2 workers share the same cores)")
     entry.fact("posts", f"{source}, unique ids; images: skimage photos from the loopback demo media server")
-    entry.fact("bare model", f"Scorer in this process, batch {args.batch_size}, median of {args.bare_repeats}: "
+    entry.fact("bare model", f"Scorer in this process (in a pool thread, as the worker runs it), batch "
+                             f"{args.batch_size}, {args.bare_posts} posts, median of {args.bare_repeats}: "
                              f"{fmt_rate(bare_text)} posts/s text"
                              + (f", {fmt_rate(bare_image)} posts/s text+image" if bare_image else ""))
     entry.section(render(outcomes))
