@@ -99,6 +99,7 @@ def save(path: Path | str, net: SentimentNet, config: ModelConfig, metrics: dict
     os.close(handle)
     try:
         torch.save(payload, temp_name)
+        os.chmod(temp_name, 0o644)  # mkstemp makes it private; a shipped checkpoint is for everyone to read
         os.replace(temp_name, path)
     finally:
         if os.path.exists(temp_name):

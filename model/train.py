@@ -230,7 +230,7 @@ def train_one_epoch(net: SentimentNet, loader: DataLoader, optimizer: torch.opti
             writer.add_scalar("train/grad_norm", float(grad_norm), global_step + steps)
             writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step + steps)
         if steps % 50 == 0:
-            bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+            bar.set_postfix(loss=f"{total_loss / steps:.4f}", refresh=False)
         if max_steps is not None and steps >= max_steps:
             break
     seconds = time.perf_counter() - started
