@@ -333,14 +333,19 @@ def main(argv: list[str] | None = None) -> int:
     texts, source = tweet_texts()
     photos = skimage_photos() if "images" in wanted else None
 
-    log.info("bare model rate (text) ...")
-    bare_text = bare_model_rate(chosen, texts, None, args.device, args.batch_size, args.bare_posts, args.bare_repeats)
-    bare_image = None
-    if photos is not None:
-        log.info("bare model rate (text+image) ...")
-        bare_image = bare_model_rate(chosen, texts, photos, args.device, args.batch_size,
-                                     max(args.batch_size, args.bare_posts // 2), args.bare_repeats)
-    log.info("bare model: %.1f posts/s text, %s with images", bare_text, bare_image)
+    def measure_bare() -> tuple[float, float | None]:
+        log.info("bare model rate ...")
+        text_rate = bare_model_rate(chosen, texts, None, args.device, args.batch_size, args.bare_posts,
+                                    args.bare_repeats)
+        image_rate = None
+        if photos is not None:
+            image_rate = bare_model_rate(chosen, texts, photos, args.device, args.batch_size,
+                                         max(args.batch_size, args.bare_posts // 2), args.bare_repeats)
+        log.info("bare model: %.1f posts/s text, %s with images", text_rate, image_rate)
+        return text_rate, image_rate
+
+    # Measured before and after the scenarios (the machine's load drifts); the ratio uses their mean.
+    bare_before = measure_bare()
 
     outcomes: list[Outcome] = []
     with server(args.database, args.database_url) as (server_url, db_description), DemoMediaServer() as media:
@@ -363,14 +368,19 @@ def main(argv: list[str] | None = None) -> int:
                 sc = Scenario("full", 1, False, None, args.posts)
             log.info("scenario %s ...", sc)
             try:
-                outcome = run_scenario(sc, media=media if sc.images else None,
-                                       bare_rate=bare_image if sc.images else bare_text, **common)
+                outcome = run_scenario(sc, media=media if sc.images else None, bare_rate=None, **common)
             except (TimeoutError, RuntimeError) as exc:
                 log.error("scenario %s failed: %s", sc.name, exc)
                 outcome = Outcome(sc, 0, 0, 0, (0, 0, 0), None, {}, 0, error=str(exc).splitlines()[0])
             outcomes.append(outcome)
             log.info("%s: sustained %.1f posts/s, p50 latency %.0f ms", sc.name, outcome.sustained_rate,
                      outcome.latency_ms[0])
+
+    bare_after = measure_bare()
+    bare_text = (bare_before[0] + bare_after[0]) / 2
+    bare_image = (bare_before[1] + bare_after[1]) / 2 if bare_before[1] and bare_after[1] else None
+    for o in outcomes:
+        o.bare_rate = (bare_image if o.scenario.images else bare_text) if not o.error else None
 
     entry.fact("checkpoint", chosen.description)
     entry.fact("database", db_description)
@@ -380,9 +390,10 @@ def main(argv: list[str] | None = None) -> int:
                           "picks its own thread count in each worker (2 workers share the same cores)")
     entry.fact("posts", f"{source}, unique ids; images: skimage photos from the loopback demo media server")
     entry.fact("bare model", f"Scorer in this process (in a pool thread, as the worker runs it), batch "
-                             f"{args.batch_size}, {args.bare_posts} posts, median of {args.bare_repeats}: "
-                             f"{fmt_rate(bare_text)} posts/s text"
-                             + (f", {fmt_rate(bare_image)} posts/s text+image" if bare_image else ""))
+                             f"{args.batch_size}, {args.bare_posts} posts, median of {args.bare_repeats}, before / "
+                             f"after the scenarios: {fmt_rate(bare_before[0])} / {fmt_rate(bare_after[0])} posts/s "
+                             "text" + (f", {fmt_rate(bare_before[1])} / {fmt_rate(bare_after[1])} posts/s text+image"
+                                       if bare_image else "") + "; the ratios use the mean")
     entry.section(render(outcomes))
     sys.stdout.write(entry.write(args.results_file))
     return 0 if all(o.error is None for o in outcomes) else 1
