@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -36,6 +36,51 @@ from stream.windows import WindowKey, recompute_windows, windows_touched
 log = logging.getLogger(__name__)
 
 PublishAlert = Callable[[bytes, bytes], Awaitable[None]]
+TopicPartition = tuple[str, int]
+
+
+class EventTimeWatermark:
+    """The event time up to which every partition this worker still has a backlog on has been read.
+
+    Spike detection closes a window (folds it into the baseline and gives it its final test) only once
+    the watermark has passed it, so a backfill or a replay, where one partition can be minutes of event
+    time ahead of another, never judges a window before all its posts are in.  A partition that is
+    caught up (no backlog) does not hold the watermark back: in a live, caught-up feed the watermark is
+    simply the newest event time seen, and an idle partition never stalls the alerts.
+    """
+
+    def __init__(self, assigned: Callable[[], Iterable[TopicPartition]] | None = None,
+                 highwater: Callable[[TopicPartition], int | None] | None = None) -> None:
+        self.assigned = assigned
+        self.highwater = highwater
+        self.max_event_time: dict[TopicPartition, datetime] = {}
+        self.next_offset: dict[TopicPartition, int] = {}
+
+    def update(self, records: Sequence[SinkRecord]) -> None:
+        for r in records:
+            if r.source is None:
+                continue
+            tp = (r.source[0], r.source[1])
+            if tp not in self.max_event_time or r.post.created_at > self.max_event_time[tp]:
+                self.max_event_time[tp] = r.post.created_at
+            self.next_offset[tp] = max(self.next_offset.get(tp, 0), r.source[2] + 1)
+
+    def current(self) -> datetime | None:
+        newest = max(self.max_event_time.values(), default=None)
+        if self.assigned is None or self.highwater is None:
+            return newest
+        behind: list[datetime] = []
+        for tp in self.assigned():
+            high = self.highwater(tp)
+            if high is None:
+                continue
+            if tp not in self.max_event_time:
+                if high > 0:
+                    return None  # a partition with posts we have not read yet: hold every window open
+                continue
+            if high - self.next_offset.get(tp, 0) > 0:
+                behind.append(self.max_event_time[tp])
+        return min(behind) if behind else newest
 
 
 class WindowAlertStage:
@@ -47,7 +92,8 @@ class WindowAlertStage:
 
     def __init__(self, engine: Engine, window_lengths_s: Sequence[int], detector: SpikeDetector | None,
                  notifier: AlertNotifier | None = None, publish_alert: PublishAlert | None = None,
-                 executor: Executor | None = None, on_alert: Callable[[SpikeAlert], None] | None = None) -> None:
+                 executor: Executor | None = None, on_alert: Callable[[SpikeAlert], None] | None = None,
+                 watermark: EventTimeWatermark | None = None) -> None:
         self.engine = engine
         self.window_lengths_s = tuple(window_lengths_s)
         self.detector = detector
@@ -55,19 +101,23 @@ class WindowAlertStage:
         self.publish_alert = publish_alert
         self.executor = executor
         self.on_alert = on_alert
+        self.watermark = watermark or EventTimeWatermark()
 
     async def __call__(self, written: WriteResult, records: Sequence[SinkRecord]) -> None:
         keys_by_version: dict[str, set[WindowKey]] = defaultdict(set)
+        self.watermark.update(records)
         for r in records:
             if r.sentiment is not None:
                 keys_by_version[r.sentiment.model_version] |= windows_touched([r.post], self.window_lengths_s)
         loop = asyncio.get_running_loop()
         if keys_by_version:
-            await loop.run_in_executor(self.executor, self.recompute_and_detect, dict(keys_by_version))
+            await loop.run_in_executor(self.executor, self.recompute_and_detect, dict(keys_by_version),
+                                       self.watermark.current())
         if self.detector is not None:
             await self.deliver_pending()
 
-    def recompute_and_detect(self, keys_by_version: dict[str, set[WindowKey]]) -> list[SpikeAlert]:
+    def recompute_and_detect(self, keys_by_version: dict[str, set[WindowKey]],
+                             watermark: datetime | None = None) -> list[SpikeAlert]:
         """One transaction: windows recomputed, spikes detected, new alerts stored."""
         new: list[SpikeAlert] = []
         try:
@@ -75,7 +125,8 @@ class WindowAlertStage:
                 for version, keys in sorted(keys_by_version.items()):
                     aggregates = recompute_windows(conn, keys, version)
                     if self.detector is not None:
-                        new += insert_alerts(conn, observe_with_history(conn, self.detector, aggregates))
+                        new += insert_alerts(conn, observe_with_history(conn, self.detector, aggregates,
+                                                                        watermark=watermark))
         except BaseException:
             if self.detector is not None:
                 self.detector.forget()  # it may have disarmed for an alert that was rolled back: rebuild from rows

@@ -175,7 +175,8 @@ class SpikeDetector:
             for key in keys:
                 self._series.pop(key, None)
 
-    def observe(self, aggregates: Iterable[WindowAggregate], now: datetime | None = None) -> list[SpikeAlert]:
+    def observe(self, aggregates: Iterable[WindowAggregate], now: datetime | None = None,
+                watermark: datetime | None = None) -> list[SpikeAlert]:
         """Take the current values of some windows (e.g. those a batch touched); return new alerts.
 
         With ``now``, windows starting more than ``max_future_s`` after it are ignored: one post with a
@@ -183,11 +184,11 @@ class SpikeDetector:
         """
         alerts: list[SpikeAlert] = []
         for agg in self._in_order(aggregates, now):
-            alerts.extend(self._observe_one(agg, emit=True))
+            alerts.extend(self._observe_one(agg, emit=True, watermark=watermark))
         return alerts
 
     def restore(self, history: Iterable[WindowAggregate], alerted: Iterable[tuple[str, datetime, int]] = (),
-                now: datetime | None = None) -> None:
+                now: datetime | None = None, watermark: datetime | None = None) -> None:
         """Rebuild state from stored windows and stored alerts, emitting nothing.
 
         ``alerted`` holds (topic, window_start, window_seconds) of alert rows: those windows disarm the
@@ -195,7 +196,7 @@ class SpikeDetector:
         """
         fired = {(t, ws.astimezone(UTC), s) for t, ws, s in alerted}
         for agg in self._in_order(history, now):
-            self._observe_one(agg, emit=False)
+            self._observe_one(agg, emit=False, watermark=watermark)
             if (agg.topic, agg.window_start, agg.window_seconds) in fired:
                 state = self._series[series_of(agg)]
                 state.armed, state.last_alert_start = False, agg.window_start
@@ -205,14 +206,21 @@ class SpikeDetector:
         return sorted((a for a in aggregates if horizon is None or a.window_start <= horizon),
                       key=lambda a: (series_of(a), a.window_start))
 
-    def _observe_one(self, agg: WindowAggregate, *, emit: bool) -> list[SpikeAlert]:
-        """Update an open window, close the windows that are now past the allowed lateness, test."""
+    def _observe_one(self, agg: WindowAggregate, *, emit: bool, watermark: datetime | None = None
+                     ) -> list[SpikeAlert]:
+        """Update an open window, close the windows that are now past the allowed lateness, test.
+
+        Windows close by ``watermark`` when the caller knows one (the event time every partition with a
+        backlog has passed: see ``stream.aggregation.EventTimeWatermark``), else by the series' newest
+        window.  Without a watermark, one partition racing ahead in a backfill would close windows the
+        other partitions have not filled yet, and a spike in them would never be evaluated complete.
+        """
         state = self._series.setdefault(series_of(agg), _Series())
         if state.closed_until is not None and agg.window_start <= state.closed_until:
             return []  # a late post in a closed window: its numbers are stored, the baseline moved on
         state.open[agg.window_start] = agg
         alerts: list[SpikeAlert] = []
-        newest = max(state.open)
+        newest = max(state.open) if watermark is None else watermark
         lateness = timedelta(seconds=agg.window_seconds * self.config.lateness_windows)
         for start in sorted(state.open):
             if newest - start <= lateness:
@@ -337,7 +345,8 @@ def _span(seconds: int) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def restore_series(conn: Connection, detector: SpikeDetector, keys: Iterable[SeriesKey],
-                   history_windows: int = 500, now: datetime | None = None) -> None:
+                   history_windows: int = 500, now: datetime | None = None,
+                   watermark: datetime | None = None) -> None:
     """Load the last ``history_windows`` windows and the alerts of each series into ``detector``.
 
     Call it for series the detector does not know yet (``detector.knows``) before observing them; a
@@ -365,18 +374,18 @@ def restore_series(conn: Connection, detector: SpikeDetector, keys: Iterable[Ser
             a.c.kind == KIND_NEGATIVE_SPIKE,
             tuple_(a.c.topic, a.c.window_seconds).in_([(k.topic, k.window_seconds) for k in keys]),
         ))).all()
-    detector.restore(history, [tuple(r) for r in alerted], now=now)
+    detector.restore(history, [tuple(r) for r in alerted], now=now, watermark=watermark)
     for key in keys:  # a series with no stored windows yet is known (and empty) from now on
         detector.track(key)
 
 
-def observe_with_history(conn: Connection, detector: SpikeDetector,
-                         aggregates: Sequence[WindowAggregate]) -> list[SpikeAlert]:
+def observe_with_history(conn: Connection, detector: SpikeDetector, aggregates: Sequence[WindowAggregate],
+                         watermark: datetime | None = None) -> list[SpikeAlert]:
     """Restore unknown series from the database, then observe: what the worker calls per batch."""
     unknown = {series_of(a) for a in aggregates if not detector.knows(series_of(a))}
     now = datetime.now(UTC)
-    restore_series(conn, detector, unknown, now=now)
-    return detector.observe(aggregates, now=now)
+    restore_series(conn, detector, unknown, now=now, watermark=watermark)
+    return detector.observe(aggregates, now=now, watermark=watermark)
 
 
 def insert_alerts(conn: Connection, alerts: Sequence[SpikeAlert]) -> list[SpikeAlert]:

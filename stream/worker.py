@@ -99,7 +99,7 @@ def media_stage(fetcher: Any, max_images: int = 4) -> Any:
 
 def build_processor(settings: Settings, database_url: str, *, scorer: Any | None,
                     executor: Executor | None = None, publish_dead_letters: Any = None,
-                    publish_alert: Any = None, media_fetcher: Any = None,
+                    publish_alert: Any = None, media_fetcher: Any = None, watermark: Any = None,
                     should_stop: Any = lambda: False, state: WorkerState | None = None) -> BatchProcessor:
     """Everything the agent needs for one batch; also used by tests and benchmarks without Kafka."""
     from stream.aggregation import WindowAlertStage
@@ -119,7 +119,7 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
         engine, settings.window_lengths_s, SpikeDetector(SpikeConfig.from_settings(settings)),
         notifier=AlertNotifier(settings.alert_webhook_url) if settings.alert_webhook_url else None,
         publish_alert=publish_alert, executor=executor,
-        on_alert=lambda alert: metrics.ALERTS.labels(alert.kind).inc(),
+        on_alert=lambda alert: metrics.ALERTS.labels(alert.kind).inc(), watermark=watermark,
     )
     return BatchProcessor(
         sink,
@@ -132,6 +132,24 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
         should_stop=should_stop,
         on_db_state=on_db_state,
     )
+
+
+def faust_watermark(app: faust.App, topic: str) -> Any:
+    """An EventTimeWatermark fed by the Faust consumer's assignment and high-water marks."""
+    from faust.types import TP
+
+    from stream.aggregation import EventTimeWatermark
+
+    def assigned() -> list[tuple[str, int]]:
+        return [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == topic]
+
+    def highwater(tp: tuple[str, int]) -> int | None:
+        try:
+            return app.consumer.highwater(TP(*tp))
+        except Exception:  # noqa: BLE001 - unknown yet: the partition does not hold the watermark
+            return None
+
+    return EventTimeWatermark(assigned, highwater)
 
 
 def main(settings: Settings) -> int:
@@ -162,6 +180,7 @@ def main(settings: Settings) -> int:
                 await fetcher.start()
             return build_processor(
                 settings, resolved.database_url, scorer=scorer, media_fetcher=fetcher,
+                watermark=faust_watermark(app, settings.topic_raw),
                 publish_dead_letters=app.sentistream_publish_dead_letters,  # type: ignore[attr-defined]
                 publish_alert=app.sentistream_publish_alert,  # type: ignore[attr-defined]
                 should_stop=lambda: app.should_stop, state=state,

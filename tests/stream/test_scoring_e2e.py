@@ -287,3 +287,37 @@ def test_database_outage_holds_offsets_and_catches_up_with_nothing_lost(
         assert worker.stop() == 0, worker.log()
     finally:
         proxy.close()
+
+
+POSITIVE = ["Absolutely love the new update, great job team!", "Best experience I've had in years, thank you",
+            "So happy with this, works perfectly", "Brilliant service today, really impressed"]
+NEGATIVE = ["Completely broken again, this is a disgrace", "Worst service ever, I am furious and done with them",
+            "Terrible outage, nothing works, absolutely awful", "I hate this, total failure, refund me now"]
+
+
+def test_planted_negative_burst_fires_exactly_one_alert_and_a_steady_feed_none(
+        broker, embedded_db, worker_factory, checkpoint) -> None:
+    start = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    posts: list[Post] = []
+    burst_minute = 20
+    for minute in range(26):
+        for j in range(24):
+            at = start + timedelta(minutes=minute, seconds=2 * j)
+            posts.append(Post(platform="bluesky", post_id=f"calm-{minute}-{j}", topic="calm",
+                              text=POSITIVE[j % 4], created_at=at))
+            text = NEGATIVE[j % 4] if minute == burst_minute else POSITIVE[(j + 1) % 4]
+            posts.append(Post(platform="bluesky", post_id=f"spiky-{minute}-{j}", topic="spiky",
+                              text=text, created_at=at))
+    publish(broker, posts)
+    worker = worker_factory(broker, embedded_db, name="alerts", checkpoint=str(checkpoint), media_enabled="false",
+                            windows="1m,1h", alert_min_volume="20")
+    wait_for(lambda: int(scalar(embedded_db, "SELECT count(*) FROM sentiments")) == len(posts), 240,
+             "every post scored", worker.log)
+    assert worker.stop() == 0, worker.log()
+    alerts = scalar(embedded_db, "SELECT json_agg(json_build_array(topic, window_start, window_seconds, "
+                                 "published_at IS NOT NULL)) FROM alerts")
+    burst_start = (start + timedelta(minutes=burst_minute)).isoformat().replace("+00:00", "")
+    assert alerts is not None and len(alerts) == 1, alerts
+    topic, window_start, window_seconds, published = alerts[0]
+    assert (topic, window_seconds, published) == ("spiky", 60, True)
+    assert window_start.startswith(burst_start), (window_start, burst_start)
