@@ -307,7 +307,12 @@ def evaluate_checkpoint(
 
         scorer = Scorer.from_checkpoint(checkpoint, device=device)
     scored = predict_with_scorer(scorer, examples, batch_size=batch_size, progress=progress)
-    checkpoint_name = str(checkpoint) if checkpoint is not None else "packaged default checkpoint"
+    if checkpoint is not None:
+        checkpoint_name = str(checkpoint)
+    else:
+        from model.checkpoint import DEFAULT_CHECKPOINT
+
+        checkpoint_name = f"{DEFAULT_CHECKPOINT.name} (packaged default)"
     report = evaluate_predictions(
         dataset,
         examples,
