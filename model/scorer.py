@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,9 @@ class Scorer:
         self.device = device
         self.max_images = max_images
         self.encoder_batch_size = encoder_batch_size
+        # Hugging Face fast tokenizers raise "Already borrowed" when one instance is used from two
+        # threads at once; prepare() is meant to run in worker threads, so tokenisation is serialised.
+        self._tokenizer_lock = threading.Lock()
         if self.text_encoder is not None and self.text_encoder.dim != config.text_dim:
             raise ValueError(f"text encoder dim {self.text_encoder.dim} != checkpoint's {config.text_dim}")
         if self.image_encoder is not None and self.image_encoder.dim != config.visual_dim:
@@ -152,7 +156,8 @@ class Scorer:
             text = post.text if isinstance(post.text, str) else ("" if post.text is None else str(post.text))
             texts.append(text)
         if posts and self.text_encoder is not None:
-            encoded = self.text_encoder.tokenize(texts)
+            with self._tokenizer_lock:
+                encoded = self.text_encoder.tokenize(texts)
             input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
         else:
             input_ids = torch.zeros(len(posts), 1, dtype=torch.long)

@@ -135,3 +135,14 @@ def test_packaged_default_checkpoint_scores_obvious_posts():
     assert results[0].label == "positive"
     assert results[1].label == "negative"
     assert len(results) == 3
+
+
+def test_prepare_from_several_threads_at_once(scorer, picture):
+    """The worker runs prepare() in a thread pool: concurrent calls must neither fail nor mix posts up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[ScoreInput(f"post {i} is {'great' if i % 2 else 'awful'} " * (1 + i % 7))] for i in range(16)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        prepared = list(pool.map(scorer.prepare, batches))
+    for batch, ready in zip(batches, prepared, strict=True):
+        assert torch.equal(ready.input_ids, scorer.prepare(batch).input_ids)
