@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -25,14 +26,28 @@ VERBS: dict[str, tuple[str, str]] = {
 
 def _run_verb(args: argparse.Namespace, *_: Any) -> int:
     module = importlib.import_module(VERBS[args.model_verb][0])
-    return int(module.main(list(args.verb_args)) or 0)
+    if hasattr(args, "verb_args"):  # a module that parses its own command line
+        return int(module.main(list(args.verb_args)) or 0)
+    return int(module.run(args) or 0)
 
 
 def _add_verbs(parser: argparse.ArgumentParser) -> None:
+    """Verbs whose module offers ``add_arguments``/``run`` get a real subparser (so ``--help`` works);
+    any other (``features``, with its own sub-commands) receives the rest of the command line."""
     verbs = parser.add_subparsers(dest="model_verb", required=True, metavar="VERB")
-    for verb, (_, help_text) in VERBS.items():
-        sub = verbs.add_parser(verb, help=help_text, add_help=False)
-        sub.add_argument("verb_args", nargs=argparse.REMAINDER, help=f"options of {verb} (see {verb} --help)")
+    for verb, (module_name, help_text) in VERBS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # a verb whose module is not there yet is simply not offered
+        if hasattr(module, "add_arguments") and hasattr(module, "run"):
+            sub = verbs.add_parser(verb, help=help_text, description=help_text)
+            module.add_arguments(sub)
+        else:
+            sub = verbs.add_parser(verb, help=help_text, add_help=False)
+            sub.add_argument("verb_args", nargs=argparse.REMAINDER, help=f"options of {verb}")
         sub.set_defaults(func=_run_verb)
 
 
@@ -46,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.cli", description=__doc__.split("\n\n")[0])
     _add_verbs(parser)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return _run_verb(args)
 
 

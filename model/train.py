@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -422,8 +423,13 @@ def config_from_args(args: argparse.Namespace, class_weights: tuple[float, ...] 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentistream model train", description=__doc__.split("\n\n")[0],
-                                     add_help=True)
+    parser = argparse.ArgumentParser(prog="sentistream model train", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``sentistream model train`` (registered by ``model.cli``)."""
     add = parser.add_argument
     add("--fusion", default="concat", choices=["concat", "gmu", "lowrank", "crossattn"])
     add("--modalities", default="text,visual", help="comma-separated subset of text,visual,audio")
@@ -461,7 +467,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--run-name", default=None)
     add("--out", type=Path, default=None, help="write the best checkpoint here")
     add("--no-progress", dest="progress", action="store_false")
-    return parser
 
 
 def load_data(args: argparse.Namespace) -> tuple[Dataset, dict[str, Dataset]]:
@@ -498,9 +503,8 @@ def _mean_std(values: list[float]) -> str:
     return f"{array.mean():.4f} ± {array.std(ddof=1) if len(array) > 1 else 0.0:.4f}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = get_args_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Train ``args.seeds`` seeds, print each seed's and the mean ± std figures, save the best seed."""
     torch.set_num_threads(args.threads)
     train_ds, val_sets = load_data(args)
     weights = class_weights_for(dataset_labels(train_ds), args.class_weights)
@@ -533,12 +537,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                    for name, res in results[0].val_results.items()}
         version = checkpoint.save(
             args.out, best.net, config, metrics=best.val_metrics(),
-            extra={"command": "sentistream model train " + " ".join(argv if argv is not None else sys.argv[1:]),
+            extra={"command": getattr(args, "command_line", None) or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                    "seeds": seeds, "chosen_seed": seeds[results.index(best)], "best_epoch": best.best_epoch,
                    "per_seed_metrics": summary, "history": best.history,
                    "train_examples": len(train_ds)})
         sys.stdout.write(f"saved {args.out} ({version})\n")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = get_args_parser().parse_args(argv)
+    if argv is not None:
+        args.command_line = shlex.join(["python", "-m", "model.train", *argv])
+    return run(args)
 
 
 if __name__ == "__main__":

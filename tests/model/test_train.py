@@ -147,3 +147,16 @@ def test_train_command_end_to_end(tmp_path, capsys):
     result = Scorer.from_checkpoint(out, device="cpu", text_encoder=text_encoder,
                                     image_encoder=image_encoder).score([ScoreInput("fine")])
     assert result[0].model_version == meta["model_version"]
+
+
+def test_model_cli_routes_train_with_its_own_options(capsys):
+    from model import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    assert "--fusion" in capsys.readouterr().out
+    parser = training.get_args_parser()
+    args = parser.parse_args(["--fusion", "gmu", "--no-text-cnn", "--pooling", "max"])
+    config = training.config_from_args(args, None)
+    assert (config.fusion, config.text_cnn, config.pooling) == ("gmu", False, "max")
