@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PublishAlert = Callable[[bytes, bytes], Awaitable[None]]
 TopicPartition = tuple[str, int]
+HOLD = datetime.min.replace(tzinfo=UTC)  # a watermark before every window: nothing closes yet
 
 
 class EventTimeWatermark:
@@ -66,6 +67,8 @@ class EventTimeWatermark:
             self.next_offset[tp] = max(self.next_offset.get(tp, 0), r.source[2] + 1)
 
     def current(self) -> datetime | None:
+        """None only without a partition source (then windows close by the newest one seen);
+        ``HOLD`` while a partition with unread posts has not been read at all."""
         newest = max(self.max_event_time.values(), default=None)
         if self.assigned is None or self.highwater is None:
             return newest
@@ -73,14 +76,14 @@ class EventTimeWatermark:
         for tp in self.assigned():
             high = self.highwater(tp)
             if high is None:
-                continue
+                return HOLD  # not fetched yet: it may hold older posts than any we have seen
             if tp not in self.max_event_time:
                 if high > 0:
-                    return None  # a partition with posts we have not read yet: hold every window open
+                    return HOLD  # a partition with posts we have not read yet: hold every window open
                 continue
             if high - self.next_offset.get(tp, 0) > 0:
                 behind.append(self.max_event_time[tp])
-        return min(behind) if behind else newest
+        return min(behind) if behind else (newest or HOLD)
 
 
 class WindowAlertStage:
@@ -120,6 +123,7 @@ class WindowAlertStage:
                              watermark: datetime | None = None) -> list[SpikeAlert]:
         """One transaction: windows recomputed, spikes detected, new alerts stored."""
         new: list[SpikeAlert] = []
+        log.debug("recomputing %d windows, watermark %s", sum(map(len, keys_by_version.values())), watermark)
         try:
             with self.engine.begin() as conn:
                 for version, keys in sorted(keys_by_version.items()):

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
@@ -44,7 +44,7 @@ def sample_lines() -> list[str]:
 
 
 def rebased_posts(lines: list[str], media: DemoMediaServer, now: datetime) -> list[Post]:
-    """Decode the sample, point its images at the media server and shift it so the last post is now."""
+    """Decode the sample, point its images at the media server and shift it to end within the last hour."""
     posts = []
     for number, line in enumerate(lines, 1):
         try:
@@ -53,7 +53,8 @@ def rebased_posts(lines: list[str], media: DemoMediaServer, now: datetime) -> li
             log.warning("sample line %d skipped: %s", number, exc.reason)
     if not posts:
         return posts
-    shift = now - max(p.created_at for p in posts)
+    # Shift by whole hours so windows fall on the same boundaries as in the sample (results repeat).
+    shift = timedelta(hours=(now - max(p.created_at for p in posts)) // timedelta(hours=1))
     return sorted((dataclasses.replace(p, created_at=p.created_at + shift) for p in posts),
                   key=lambda p: p.created_at)
 
@@ -107,6 +108,10 @@ def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = Fal
             "SENTISTREAM_MEDIA_ALLOW_HOSTS": ",".join([*settings.media_allow_hosts, media.host_port]),
             "SENTISTREAM_SCORING": "true" if scoring else "false",
         })
+        # The sample spans three hours at a few posts a minute: 5-minute windows with a 15-post floor
+        # let the detector see its outage burst (a user's own settings win).
+        env.setdefault("SENTISTREAM_WINDOWS", "1m,5m,1h")
+        env.setdefault("SENTISTREAM_ALERT_MIN_VOLUME", "15")
         worker_log = home / "worker.log"
         log.info("starting the worker (log: %s)", worker_log)
         with open(worker_log, "wb") as out:
@@ -177,23 +182,26 @@ def _print_summary(engine: Engine, scoring: bool, seconds: float) -> None:
     with engine.connect() as conn:
         media = conn.execute(text("SELECT status, count(*) FROM post_media GROUP BY status ORDER BY status")).all()
         alerts = conn.execute(text(
-            "SELECT topic, window_start, window_seconds, observed, expected, n_posts FROM alerts "
+            "SELECT topic, window_start, window_seconds, observed, expected, n_posts, score FROM alerts "
             "ORDER BY window_start")).all()
-        worst = conn.execute(text(
-            "SELECT topic FROM trend_hour GROUP BY topic "
-            "ORDER BY sum(n_negative)::float / NULLIF(sum(n_scored), 0) DESC NULLS LAST, sum(n_posts) DESC "
-            "LIMIT 1")).scalar()
     if media:
         out.write("\nmedia: " + ", ".join(f"{status} {n}" for status, n in media) + "\n")
+    hourly = trends.query_trends(engine, topic=None, since="4h", bucket="hour")
+    if hourly:
+        out.write("\nhourly trend, all topics (sentistream trends --bucket hour --since 4h):\n")
+        out.write(trends.render_trends(hourly) + "\n")
     if alerts:
-        out.write("\nalerts:\n")
-        for topic, start, length, observed, expected, n in alerts:
-            out.write(f"  {topic}: negative share {100 * observed:.0f}% vs expected {100 * expected:.0f}% "
-                      f"in the {length // 60}-minute window from {start:%H:%M} ({n} posts)\n")
-    if worst:
-        rows_ = trends.query_trends(engine, topic=worst, since="3h", bucket="minute")
-        if rows_:
-            out.write(f"\nminute trend for {worst} (sentistream trends --topic {worst} --since 3h):\n")
-            out.write(trends.render_trends(rows_[-20:]) + "\n")
+        out.write("\nalerts (negative spikes):\n")
+        for topic, start, length, observed, expected, n, score in alerts:
+            out.write(f"  {topic}: {100 * observed:.0f}% negative of {n} posts in the {length // 60}-minute "
+                      f"window from {start:%H:%M} UTC, baseline {100 * expected:.0f}% (z = {score:.1f})\n")
+        topic, start = alerts[0][0], alerts[0][1]
+        rows = [r for r in trends.query_trends(engine, topic=topic, since="1d", bucket="minute")
+                if abs((r.bucket - start).total_seconds()) <= 20 * 60]
+        if rows:
+            out.write(f"\nminute trend around the first alert (sentistream trends --topic {topic}):\n")
+            out.write(trends.render_trends(rows) + "\n")
+    elif scoring:
+        out.write("\nalerts: none\n")
     out.write("\nquery it yourself: SELECT * FROM trend_hour ORDER BY topic, bucket;\n")
     out.flush()

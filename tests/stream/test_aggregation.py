@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from connectors.post import Post
-from stream.aggregation import EventTimeWatermark
+from stream.aggregation import HOLD, EventTimeWatermark
 from stream.alerts import SpikeConfig, SpikeDetector
 from stream.sink import SinkRecord
 from stream.windows import WindowAggregate
@@ -22,10 +22,10 @@ def _record(partition: int, offset: int, minute: float) -> SinkRecord:
 def test_watermark_is_held_by_partitions_with_backlog_only() -> None:
     high = {("posts.raw", 0): 100, ("posts.raw", 1): 100}
     wm = EventTimeWatermark(lambda: list(high), high.get)
-    assert wm.current() is None  # nothing read yet from partitions that hold posts
+    assert wm.current() == HOLD  # nothing read yet from partitions that hold posts
 
     wm.update([_record(0, 99, 25)])  # partition 0 read to its end (minute 25)
-    assert wm.current() is None  # partition 1 has posts we have not seen
+    assert wm.current() == HOLD  # partition 1 has posts we have not seen
     wm.update([_record(1, 9, 5)])  # partition 1 at minute 5, 90 messages behind
     assert wm.current() == T0 + timedelta(minutes=5)
     wm.update([_record(1, 99, 24)])  # partition 1 caught up
@@ -33,6 +33,8 @@ def test_watermark_is_held_by_partitions_with_backlog_only() -> None:
 
     high[("posts.raw", 2)] = 0  # an empty partition never holds anything back
     assert wm.current() == T0 + timedelta(minutes=25)
+    high[("posts.raw", 3)] = None  # assigned but not fetched yet: it might hold older posts
+    assert wm.current() == HOLD
 
 
 def _window(minute: int, n: int, neg: int) -> WindowAggregate:
@@ -56,3 +58,11 @@ def test_backfill_spike_is_found_with_the_watermark_and_missed_without_it() -> N
     assert [(a.topic, a.window_start) for a in with_wm] == [("t", T0 + timedelta(minutes=20))]
     # The old rule (close by the newest window seen) judged every window from a quarter of its posts.
     assert _backfill(SpikeDetector(config), use_watermark=False) == []
+
+
+def test_a_held_watermark_closes_nothing_even_when_restoring() -> None:
+    detector = SpikeDetector(SpikeConfig(min_volume=20, warmup_windows=12))
+    detector.restore([_window(m, 6, 0) for m in range(26)], watermark=HOLD)
+    full = [_window(m, 24, 24 if m == 20 else 0) for m in range(26)]
+    alerts = [a for m in range(26) for a in detector.observe([full[m]], watermark=T0 + timedelta(minutes=m))]
+    assert [a.window_start for a in alerts] == [T0 + timedelta(minutes=20)]

@@ -30,6 +30,11 @@ def test_demo_runs_end_to_end_on_embedded_services(tmp_path) -> None:
     assert f"sentistream demo: {n} posts" in out
     for topic in ("acme-phone", "skyways-airline", "cup-final", "metro-strike", "starfall-series"):
         assert topic in out
+    # With the shipped model every post is scored and the sample's check-in outage is caught.
+    assert "neg share" in out and "media: ok" in out
+    alerts = out.split("alerts (negative spikes):", 1)
+    assert len(alerts) == 2, out
+    assert alerts[1].strip().splitlines()[0].startswith("skyways-airline:")
     # Nothing left running: the broker and PostgreSQL belong to the demo process and stop with it.
     leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes left running: {leftovers.stdout}"
