@@ -22,6 +22,13 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+# Default-size benchmarks (a few minutes each); results are appended to bench/RESULTS.md.
+bench: install
+	$(PY) -m bench.sink
+	$(PY) -m bench.inference
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.accuracy
+
 lint: install
 	$(PY) -m ruff check .
 

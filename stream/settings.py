@@ -43,6 +43,7 @@ class Settings:
     scoring: bool = True  # false: store posts without sentiment (ingest-only workers, plumbing tests)
     checkpoint: Path | None = None  # None = the checkpoint shipped in model/checkpoints/
     device: str = "auto"
+    torch_threads: int = 0  # 0 = torch's default; 1 wins when cores are shared (bench/RESULTS.md)
     batch_size: int = 64
     batch_latency_ms: int = 200
 

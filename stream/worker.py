@@ -37,6 +37,10 @@ def load_scorer(settings: Settings) -> Any | None:
     except ImportError as exc:
         log.warning("model package unavailable (%s): posts will be stored without sentiment", exc)
         return None
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     path: Path | None = settings.checkpoint
     if path is not None and not path.exists():
         raise FileNotFoundError(f"SENTISTREAM_CHECKPOINT={path} does not exist")
