@@ -259,7 +259,11 @@ class Scorer:
             if self.image_encoder is not None and prepared.pixels is not None:
                 visual = torch.zeros(size, self.max_images, self.config.visual_dim, device=self.device)
                 visual_mask = torch.zeros(size, self.max_images, dtype=torch.bool, device=self.device)
-                vectors = self.image_encoder(prepared.pixels.to(self.device)).float()
+                # In chunks, like the text encoder: activations for 256 pictures at once took 5.6 GB.
+                vectors = torch.cat([
+                    self.image_encoder(chunk.to(self.device)).float()
+                    for chunk in prepared.pixels.split(self.encoder_batch_size)
+                ])
                 slot = [0] * size
                 for vector, row in zip(vectors, prepared.picture_rows, strict=True):
                     visual[row, slot[row]] = vector
