@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from connectors.broker import BrokerTarget
 from stream.settings import Settings, SettingsError
@@ -85,6 +86,9 @@ def cmd_trends(args: argparse.Namespace, settings: Settings) -> int:
         _out(f"no posts for topic={args.topic or '(all)'} in the last {args.since}")
         return 0
     _out(trends.render_trends(rows))
+    if args.plot is not None:
+        title = f"{args.topic or 'all topics'}: posts and negative share per {args.bucket} (last {args.since})"
+        _out(f"plot written to {trends.plot_trends(rows, args.plot, title, args.bucket)}")
     return 0
 
 
@@ -124,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default=None)
     p.add_argument("--since", default="1h", help="e.g. 30m, 1h, 1d")
     p.add_argument("--bucket", choices=["minute", "hour"], default="minute")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="also draw the trend as a PNG")
     p.set_defaults(func=cmd_trends)
 
     _register_optional(sub)

@@ -128,7 +128,7 @@ def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = Fal
             _stop(worker)
         if not done:
             return 1
-        _print_summary(engine, scoring, time.monotonic() - started)
+        _print_summary(engine, scoring, time.monotonic() - started, home)
         engine.dispose()
     return 0
 
@@ -165,7 +165,7 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
         worker.wait(5)
 
 
-def _print_summary(engine: Engine, scoring: bool, seconds: float) -> None:
+def _print_summary(engine: Engine, scoring: bool, seconds: float, plot_dir: Path) -> None:
     out = sys.stdout
     summary = trends.summarize_topics(engine)
     out.write(f"\nsentistream demo: {sum(int(r['posts']) for r in summary)} posts in {seconds:.0f} s\n\n")
@@ -201,6 +201,10 @@ def _print_summary(engine: Engine, scoring: bool, seconds: float) -> None:
         if rows:
             out.write(f"\nminute trend around the first alert (sentistream trends --topic {topic}):\n")
             out.write(trends.render_trends(rows) + "\n")
+        png = trends.plot_trends(trends.query_trends(engine, topic=topic, since="1d", bucket="minute"),
+                                 plot_dir / f"trend-{topic}.png",
+                                 f"{topic}: posts and negative share per minute", "minute")
+        out.write(f"\ntrend plot: {png}\n")
     elif scoring:
         out.write("\nalerts: none\n")
     out.write("\nquery it yourself: SELECT * FROM trend_hour ORDER BY topic, bucket;\n")

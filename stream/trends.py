@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -79,6 +80,33 @@ def render_trends(rows: list[TrendRow]) -> str:
     table = [[r.topic, r.bucket.strftime("%Y-%m-%d %H:%M"), r.n_posts, r.n_negative, r.n_neutral,
               r.n_positive, _pct(r.negative_share), r.mean_intensity, r.n_with_media] for r in rows]
     return format_table(headers, table)
+
+
+def plot_trends(rows: list[TrendRow], path: Path, title: str, bucket: str = "minute") -> Path:
+    """PNG of posts per bucket (bars) and negative share (line): the picture an analyst pastes in a report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, volume = plt.subplots(figsize=(10, 4))
+    buckets = [r.bucket for r in rows]
+    width = timedelta(hours=1) if bucket == "hour" else timedelta(minutes=1)
+    volume.bar(buckets, [r.n_posts for r in rows], width=width * 0.9, align="edge", color="#9fb6cd",
+               label="posts")
+    volume.set_ylabel("posts")
+    share = volume.twinx()
+    share.plot([b + width / 2 for b in buckets], [r.negative_share if r.negative_share is not None else float("nan") for r in rows],
+               color="#c0392b", marker="o", markersize=3, label="negative share")
+    share.set_ylim(0, 1)
+    share.set_ylabel("negative share")
+    volume.set_title(title)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _pct(value: float | None) -> str:

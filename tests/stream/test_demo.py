@@ -35,6 +35,7 @@ def test_demo_runs_end_to_end_on_embedded_services(tmp_path) -> None:
     alerts = out.split("alerts (negative spikes):", 1)
     assert len(alerts) == 2, out
     assert alerts[1].strip().splitlines()[0].startswith("skyways-airline:")
+    assert (home / "demo" / "trend-skyways-airline.png").stat().st_size > 5000
     # Nothing left running: the broker and PostgreSQL belong to the demo process and stop with it.
     leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes left running: {leftovers.stdout}"

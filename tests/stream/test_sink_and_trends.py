@@ -81,7 +81,7 @@ def test_media_outcomes_are_upserted_per_url(migrated_db: str) -> None:
     engine.dispose()
 
 
-def test_trend_views_count_each_post_once_with_its_latest_sentiment(migrated_db: str) -> None:
+def test_trend_views_count_each_post_once_with_its_latest_sentiment(migrated_db: str, tmp_path) -> None:
     engine = make_engine(migrated_db)
     sink = PostgresSink(engine)
     sink.write([SinkRecord(_post(i, 2), sentiment=Verdict("negative" if i < 3 else "positive", -1.0))
@@ -102,8 +102,11 @@ def test_trend_views_count_each_post_once_with_its_latest_sentiment(migrated_db:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTISTREAM_")}
     env["SENTISTREAM_DATABASE_URL"] = migrated_db
-    out = subprocess.run([sys.executable, "-m", "stream.cli", "trends", "--topic", "acme", "--since", "1h"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    png = tmp_path / "trend.png"
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "trends", "--topic", "acme", "--since", "1h",
+                          "--plot", str(png)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0].split()[:3] == ["topic", "bucket", "posts"] and len(lines) == 4
+    assert lines[0].split()[:3] == ["topic", "bucket", "posts"] and len(lines) == 5
+    assert lines[-1] == f"plot written to {png}"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
