@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as `python bench/accuracy.py`
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.checkpoint import choose_checkpoint  # noqa: E402
+from bench.cli import parse_and_log, script_parser
 from bench.results import DEFAULT_RESULTS_FILE, ResultEntry, command_line, markdown_table  # noqa: E402
 from model.eval import DATASETS, METRIC_TITLES, SPLITS, EvalReport, evaluate_checkpoint  # noqa: E402
 
@@ -73,9 +74,7 @@ def render_dataset(report: EvalReport, seconds: float) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = script_parser("accuracy", __doc__)
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {DATASETS}")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped checkpoint")
     parser.add_argument("--allow-untrained", action="store_true",
@@ -90,9 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, argv = parse_and_log(get_args_parser(), argv)
     import time
 
     import torch

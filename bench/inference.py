@@ -37,6 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.checkpoint import choose_checkpoint  # noqa: E402
+from bench.cli import parse_and_log, script_parser
 from bench.feed import cycle, skimage_photos, tweet_texts  # noqa: E402
 from bench.measure import PeakRss, Timings, fmt_rate, time_repeats  # noqa: E402
 from bench.results import DEFAULT_RESULTS_FILE, ResultEntry, command_line, markdown_table  # noqa: E402
@@ -192,9 +193,7 @@ def render(rows: list[Measurement], repeats: int) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = script_parser("inference", __doc__)
     parser.add_argument("--posts", type=int, default=64,
                         help="posts per timed run (cycled tweet texts); a larger batch size scores one full batch")
     parser.add_argument("--batch-sizes", default="1,8,32,64,128,256")
@@ -217,9 +216,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, argv = parse_and_log(get_args_parser(), argv)
     import torch
 
     from model.scorer import Scorer

@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.checkpoint import ChosenCheckpoint, choose_checkpoint  # noqa: E402
+from bench.cli import parse_and_log, script_parser
 from bench.databases import DEFAULT_SERVER, server, throwaway_database  # noqa: E402
 from bench.feed import cycle, make_posts, skimage_photos, tweet_texts  # noqa: E402
 from bench.measure import fmt_rate, time_repeats  # noqa: E402
@@ -292,9 +293,7 @@ def render(outcomes: list[Outcome]) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = script_parser("pipeline", __doc__)
     parser.add_argument("--posts", type=int, default=2000, help="posts replayed per text scenario (10000, 100000)")
     parser.add_argument("--image-posts", type=int, default=500, help="posts replayed in the images scenario")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
@@ -317,9 +316,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, argv = parse_and_log(get_args_parser(), argv)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]

@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as `python bench/sink.py`
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
+from bench.cli import parse_and_log, script_parser
 from bench.databases import DEFAULT_SERVER, server, server_version, throwaway_database  # noqa: E402
 from bench.feed import make_posts, tweet_texts  # noqa: E402
 from bench.measure import Timings, fmt_rate, time_repeats  # noqa: E402
@@ -198,9 +199,7 @@ def render(rows: list[Row], repeats: int) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.sink", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = script_parser("sink", __doc__)
     parser.add_argument("--rows", type=int, default=5000, help="posts per run (issue size: 100000)")
     parser.add_argument("--batch-sizes", default="64,1000",
                         help="comma-separated batch sizes (64 = the worker's default SENTISTREAM_BATCH_SIZE)")
@@ -215,9 +214,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, argv = parse_and_log(get_args_parser(), argv)
     entry = ResultEntry("bench/sink.py: PostgreSQL sink, batch vs per-row",
                         command_line("bench.sink", argv), packages=("psycopg2-binary", "sqlalchemy"))
     batch_sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from connectors.base import BadPayload, Connector, Item, TransientError, decode_json, error_for_status
+from connectors.cursor import later_cursor
 from connectors.post import MAX_TEXT_CHARS, MediaRef, Post
 from connectors.topics import MonitoredTopic, matched_keywords
 
@@ -141,9 +142,7 @@ class BlueskyConnector(Connector):
             ws.close()
 
     def merge_cursor(self, current: str | None, new: str) -> str:
-        if current and current.isdigit() and new.isdigit() and int(current) > int(new):
-            return current
-        return new
+        return later_cursor(current, new)
 
     def to_post(self, payload: Any) -> Post | None:
         if not isinstance(payload, dict):

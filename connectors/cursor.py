@@ -22,6 +22,14 @@ from sqlalchemy.exc import SQLAlchemyError
 log = logging.getLogger(__name__)
 
 
+def later_cursor(current: str | None, new: str) -> str:
+    """For platforms whose cursors are increasing integers (Mastodon status ids, Jetstream ``time_us``):
+    keep the larger, so an out-of-order item never moves a resume point backwards."""
+    if current and current.isdigit() and new.isdigit() and int(current) > int(new):
+        return current
+    return new
+
+
 class CursorStoreError(RuntimeError):
     """The cursor could not be read or written (database down, table missing)."""
 

@@ -31,6 +31,7 @@ import requests
 
 from connectors.base import BadPayload, Connector, Item, RateBudget, TransientError
 from connectors.credentials import Secret
+from connectors.cursor import later_cursor
 from connectors.http import (
     NETWORK_ERRORS,
     ResponseSlot,
@@ -210,9 +211,7 @@ class MastodonConnector(Connector):
         self._slot.cut()
 
     def merge_cursor(self, current: str | None, new: str) -> str:
-        if current and current.isdigit() and new.isdigit() and int(current) > int(new):
-            return current
-        return new
+        return later_cursor(current, new)
 
     # -- mapping ------------------------------------------------------------------------------------
 

@@ -3,22 +3,12 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
-from model.encoders import ImageEncoder, TextEncoder
+from model.encoders import ImageEncoder
 
 torch.set_num_threads(2)
 
 # ImageNet class indices 281..285: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 IMAGENET_CATS = set(range(281, 286))
-
-
-@pytest.fixture(scope="module")
-def text_encoder() -> TextEncoder:
-    return TextEncoder()
-
-
-@pytest.fixture(scope="module")
-def image_encoder() -> ImageEncoder:
-    return ImageEncoder()
 
 
 def test_minilm_loads_offline_and_gives_token_vectors(text_encoder):

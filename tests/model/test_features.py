@@ -7,7 +7,6 @@ import torch
 
 from model import data
 from model.data import Example, load_mvsa, load_tweeteval_val
-from model.encoders import ImageEncoder, TextEncoder
 from model.features import (
     CachedFeatureDataset,
     FeatureCache,
@@ -21,16 +20,6 @@ torch.set_num_threads(2)
 pytestmark = pytest.mark.skipif(
     not (data.data_dir() / data.MVSA).is_dir(), reason="shared data folder not present"
 )
-
-
-@pytest.fixture(scope="module")
-def text_encoder() -> TextEncoder:
-    return TextEncoder()
-
-
-@pytest.fixture(scope="module")
-def image_encoder() -> ImageEncoder:
-    return ImageEncoder()
 
 
 @pytest.fixture(scope="module")
