@@ -60,6 +60,8 @@ class PostRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     text: Mapped[str] = mapped_column(Text)
     lang: Mapped[str | None] = mapped_column(Text)
+    # NULL once scored; otherwise why the model gave this post no sentiment (see migration 0002).
+    unscored_reason: Mapped[str | None] = mapped_column(Text)
     url: Mapped[str | None] = mapped_column(Text)
     topic: Mapped[str] = mapped_column(Text)
     keywords: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
