@@ -1,36 +1,55 @@
 """Typed settings, read once from ``SENTISTREAM_*`` environment variables in the entry point.
 
-Unset broker / database URLs mean "start the embedded one" (see ``stream.embedded``).  A bad value fails
-fast with the variable's name, so a typo never becomes a silent default at 3 a.m.
+Unset broker / database URLs mean "start the embedded one" (see ``stream.embedded``).  A bad value, or a
+``SENTISTREAM_*`` name that is no setting (a typo), fails fast with the variable's name, so a typo never
+becomes a silent default at 3 a.m.  Parsing and type checks are pydantic-settings'.  ``Settings(**values)``
+never reads the environment (tests and benchmarks build exact settings); ``Settings.from_env`` does.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 PREFIX = "SENTISTREAM_"
 
+# SENTISTREAM_* variables read outside Settings; from_env lets them pass instead of calling them typos.
+OTHER_VARIABLES = frozenset({
+    "SENTISTREAM_DATA_DIR",  # model/data.py: the labelled data sets
+    "SENTISTREAM_CACHE_DIR",  # model/features.py: cached encoder features
+    "SENTISTREAM_RUNS_DIR",  # model/train.py: TensorBoard logs
+    "SENTISTREAM_TEST_DATABASE_URL",  # tests: a configured PostgreSQL server
+    "SENTISTREAM_TEST_CHECKPOINT",  # tests: the checkpoint the end-to-end scoring test loads
+})
+
 
 class SettingsError(ValueError):
-    """A SENTISTREAM_* variable has a value this build cannot use."""
+    """A SENTISTREAM_* variable has a value this build cannot use, or names no setting."""
 
 
 def _default_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "sentistream"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Every knob of the pipeline; field name ``x_y`` is read from ``SENTISTREAM_X_Y``."""
+
+    # Empty values mean "the default"; tuples are comma-separated (SENTISTREAM_WINDOWS=1m,1h), not JSON.
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid", env_ignore_empty=True,
+                                      enable_decoding=False)
 
     # Services: None = start the embedded broker / PostgreSQL.
     kafka: str | None = None
     kafka_is_tansu: bool = False  # the configured broker is Tansu: apply its one-record-per-batch workaround
     database_url: str | None = None
-    home: Path = field(default_factory=_default_home)
+    home: Path = Field(default_factory=_default_home)
 
     # Topics.
     topic_raw: str = "posts.raw"
@@ -57,6 +76,8 @@ class Settings:
     media_allow_hosts: tuple[str, ...] = ()  # explicit allow-list that bypasses the private-address block
     media_retries: int = 2  # extra attempts on 5xx / timeouts only
     media_cache_entries: int = 1024  # LRU of final outcomes, keyed by URL hash
+    media_batch_budget_s: float = 10.0  # a batch waits at most this for its pictures; the rest are `timeout`
+    media_per_host: int = 2  # concurrent fetches per host, so one slow host cannot starve the others
 
     # Windows and alerts.
     windows: tuple[str, ...] = ("1m", "1h")
@@ -72,20 +93,52 @@ class Settings:
     log_level: str = "info"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from the environment, converting each value to its field's type."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            name = PREFIX + f.name.upper()
-            if name not in env or env[name] == "":
-                continue
-            values[f.name] = _convert(name, env[name], f.type)
-        settings = cls(**values)
-        settings.validate()
-        return settings
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Constructor arguments only: the environment is read by ``from_env``, after it checked the names."""
+        return (init_settings,)
 
-    def validate(self) -> None:
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment; unknown ``SENTISTREAM_*`` names and bad values raise SettingsError."""
+        env = os.environ if environ is None else environ
+        _reject_unknown_names(env)
+        values = _MappingEnvSource(cls, env)()
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise _settings_error(exc, env) from None
+
+    @classmethod
+    def variable_names(cls) -> frozenset[str]:
+        """Every ``SENTISTREAM_*`` variable that sets a field."""
+        return frozenset(PREFIX + name.upper() for name in cls.model_fields)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _split_comma_separated(cls, value: Any, info: Any) -> Any:
+        """A tuple field given as text is a comma-separated list, as it comes from the environment."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, str) and get_origin(annotation) is tuple:
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _expand_user(cls, value: Any) -> Any:
+        """``~/sentistream`` in a Path setting means the user's home, as a shell would expand it."""
+        return value.expanduser() if isinstance(value, Path) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        self.validate()
+        return self
+
+    def validate(self) -> None:  # type: ignore[override]  # pydantic's deprecated classmethod of that name
+        """Checks across types (ranges, formats) that plain type conversion cannot express."""
         if self.device not in {"auto", "cpu", "cuda"} and not self.device.startswith("cuda:"):
             raise SettingsError(f"{PREFIX}DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("topic_partitions", "batch_size", "batch_latency_ms", "media_max_bytes",
@@ -118,23 +171,47 @@ def window_seconds(spec: str) -> int:
     return seconds
 
 
-def _convert(name: str, raw: str, type_hint: object) -> object:
-    hint = str(type_hint)
-    try:
-        if hint.startswith("tuple"):
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
-        if hint.startswith("bool"):
-            if raw.lower() in {"1", "true", "yes", "on"}:
-                return True
-            if raw.lower() in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if hint.startswith("int"):
-            return int(raw)
-        if hint.startswith("float"):
-            return float(raw)
-        if "Path" in hint:
-            return Path(raw).expanduser()
-        return raw
-    except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r} is not a valid {hint}") from exc
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._environ.items() if not (self.env_ignore_empty and v == "")}
+
+
+def _reject_unknown_names(env: Mapping[str, str]) -> None:
+    """A ``SENTISTREAM_*`` name that is neither a setting nor a known helper variable is a typo: say so."""
+    known = Settings.variable_names() | OTHER_VARIABLES
+    unknown = sorted(name for name in env if name.upper().startswith(PREFIX) and name.upper() not in known)
+    if not unknown:
+        return
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+        problems.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise SettingsError(f"unknown setting {', '.join(problems)}; the settings are listed in .env.example")
+
+
+def _settings_error(exc: ValidationError, env: Mapping[str, str]) -> SettingsError:
+    """The first problem of a failed validation, named by its variable and the value it had."""
+    error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SettingsError):
+        return cause
+    field_name = str(error["loc"][0]) if error["loc"] else ""
+    name = PREFIX + field_name.upper()
+    raw = next((v for k, v in env.items() if k.upper() == name), None)
+    expected = Settings.model_fields[field_name].annotation if field_name in Settings.model_fields else None
+    return SettingsError(f"{name}={raw!r} is not a valid {_type_name(expected)}: {error['msg']}")
+
+
+def _type_name(annotation: Any) -> str:
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is tuple:
+        return "comma-separated list"
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation))
