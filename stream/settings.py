@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 PREFIX = "SENTISTREAM_"
@@ -146,7 +145,10 @@ class Settings(BaseSettings):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 1")
         for w in self.windows:
-            window_seconds(w)
+            try:
+                window_seconds(w)
+            except SettingsError as exc:
+                raise SettingsError(f"{PREFIX}WINDOWS: {exc}") from None
 
     @property
     def window_lengths_s(self) -> tuple[int, ...]:

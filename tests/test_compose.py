@@ -12,7 +12,6 @@ import base64
 import json
 import re
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
 ENV_EXAMPLE_PATH = ROOT / ".env.example"
 DOCKERFILE_PATH = ROOT / "Dockerfile"
-SETTING_NAMES = {PREFIX + f.name.upper() for f in fields(Settings)}
+SETTING_NAMES = Settings.variable_names()
 INFRA_IMAGES = ("apache/kafka:", "postgres:")
 
 
