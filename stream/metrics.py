@@ -46,6 +46,10 @@ CONSUMER_LAG = Gauge("sentistream_consumer_lag", "Messages behind the partition 
                      ["topic", "partition"], registry=REGISTRY)
 ALERTS = Counter("sentistream_alerts_total", "Alerts raised (new rows only), by kind.", ["kind"],
                  registry=REGISTRY)
+POSTS_UNSCORED = Counter(
+    "sentistream_posts_unscored_total",
+    "Posts stored without sentiment, by reason (text of posts.unscored_reason before its first ':').",
+    ["reason"], registry=REGISTRY)
 SCORER_UP = Gauge("sentistream_scorer_up", "1 when the sentiment model is loaded and scoring.", registry=REGISTRY)
 COMPONENT_UP = Gauge("sentistream_component_up", "1 when a dependency is reachable, per component.",
                      ["component"], registry=REGISTRY)
@@ -70,6 +74,12 @@ def observe_batch(size: int, seconds_by_stage: dict[str, float]) -> None:
 def count_media(statuses: Iterable[str]) -> None:
     for status in statuses:
         MEDIA_FETCHES.labels(status).inc()
+
+
+def count_unscored(labels: Iterable[str]) -> None:
+    """One per post stored unscored; ``labels`` come from ``stream.pipeline.unscored_label``."""
+    for label in labels:
+        POSTS_UNSCORED.labels(label).inc()
 
 
 def set_consumer_lag(lag_by_partition: dict[tuple[str, int], int]) -> None:

@@ -5,6 +5,11 @@ the batch's messages only after it returns.  It never raises for bad data: undec
 dead letters, a failed image degrades its post to text-only, a post the database rejects becomes a dead
 letter.  The one thing it waits out instead of skipping is a database that is down: it retries with
 capped backoff until the write succeeds or the worker stops, so no offset moves past unsaved posts.
+
+Two lines of defence keep one message from holding up the stream: strict decoding (connectors/post.py)
+turns bad input into dead letters up front, and any other non-transient failure of a batch is bisected
+until the message(s) causing it are isolated and dead-lettered, so their neighbours land.  Scoring
+degrades per post: a post the model cannot take is stored unscored with the reason.
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from sqlalchemy.exc import DBAPIError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from connectors.post import Post, PostDecodeError
 from stream.sink import DeadLetter, MediaOutcome, PostgresSink, SinkRecord, WriteResult, is_transient
@@ -58,6 +67,8 @@ class FetchedMedia:
 MediaStage = Callable[[Sequence[Post]], Awaitable[list[FetchedMedia]]]
 # builds the model's input for one post from its text and decoded images
 ScoreInputFactory = Callable[[Post, list[Any]], Any]
+# returns why a post is not to be scored (e.g. a language its topic does not score), or None to score it
+SkipScoring = Callable[[Post], str | None]
 
 
 @dataclass(slots=True)
@@ -70,11 +81,12 @@ class BatchReport:
     attempts: int = 1
     stage_seconds: dict[str, float] = field(default_factory=dict)
     media_statuses: list[str] = field(default_factory=list)
+    unscored_reasons: list[str] = field(default_factory=list)  # one per post stored unscored with a reason
 
 
 @dataclass(slots=True)
 class RetryPolicy:
-    """Capped, jittered exponential backoff for a database that is down."""
+    """Capped, jittered exponential backoff for a database that is down (a tenacity wait strategy)."""
 
     initial_s: float = 0.5
     max_s: float = 15.0
@@ -82,6 +94,35 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         base = min(self.max_s, self.initial_s * (2 ** max(0, attempt - 1)))
         return base * (0.5 + random.random() / 2)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return self.delay(retry_state.attempt_number)
+
+
+def unscored_label(reason: str) -> str:
+    """Metric label of an unscored reason: its text before the first ':' (a small, fixed vocabulary)."""
+    label = reason.split(":", 1)[0].strip().lower().replace(" ", "_")
+    return label[:40] or "unknown"
+
+
+def merge_write_results(results: Sequence[WriteResult]) -> WriteResult | None:
+    """One WriteResult for a batch that was written in parts (after bisection)."""
+    if not results:
+        return None
+    pks: dict[str, int] = {}
+    for r in results:
+        pks.update(r.post_pks)
+    return WriteResult(posts=sum(r.posts for r in results), sentiments=sum(r.sentiments for r in results),
+                       media=sum(r.media for r in results), dead_letters=sum(r.dead_letters for r in results),
+                       post_pks=pks, seconds=sum(r.seconds for r in results))
+
+
+def internal_error_reason(exc: BaseException) -> str:
+    """The dead-letter reason for a message isolated by bisection."""
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, DBAPIError):
+        return f"database rejected the post: {first_line or type(exc).__name__}"
+    return f"internal error while processing: {type(exc).__name__}: {first_line}"[:2000]
 
 
 def decode_batch(messages: Sequence[RawMessage]) -> tuple[list[tuple[Post, RawMessage]], list[DeadLetter]]:
@@ -99,6 +140,11 @@ def decode_batch(messages: Sequence[RawMessage]) -> tuple[list[tuple[Post, RawMe
             posts.append((post, m))
         except PostDecodeError as exc:
             dead.append(DeadLetter(m.topic, m.partition, m.offset, key, exc.reason, m.value))
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the stream either
+            log.exception("decoder failed on %s[%d]@%d", m.topic, m.partition, m.offset)
+            dead.append(DeadLetter(m.topic, m.partition, m.offset, key,
+                                   f"internal error while decoding: {type(exc).__name__}: {exc}"[:2000],
+                                   m.value))
     return posts, dead
 
 
@@ -113,11 +159,15 @@ class BatchProcessor:
         score_input: ScoreInputFactory | None = None,
         media: MediaStage | None = None,
         publish_dead_letters: Callable[[Sequence[DeadLetter]], Awaitable[None]] | None = None,
-        after_write: Callable[[WriteResult, Sequence[SinkRecord]], Awaitable[None]] | None = None,
+        after_write: Callable[[WriteResult, Sequence[SinkRecord], Sequence[DeadLetter]], Awaitable[None]]
+        | None = None,
         executor: Executor | None = None,
         retry: RetryPolicy | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         on_db_state: Callable[[bool, str | None], None] = lambda up, err: None,
+        skip_scoring: SkipScoring | None = None,
+        on_model_state: Callable[[bool, str | None], None] = lambda up, err: None,
+        model_failures_unhealthy: int = 3,
     ) -> None:
         self.sink = sink
         self.scorer = scorer
@@ -129,8 +179,49 @@ class BatchProcessor:
         self.retry = retry or RetryPolicy()
         self.should_stop = should_stop
         self.on_db_state = on_db_state
+        self.skip_scoring = skip_scoring
+        self.on_model_state = on_model_state
+        self.model_failures_unhealthy = max(1, model_failures_unhealthy)
+        self.model_batch_failures = 0  # consecutive batches in which the model scored nothing
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchReport:
+        """Store or dead-letter every message; raises only while the database is down and we stop.
+
+        A non-transient failure the stages did not absorb (a bug met by some input) is bisected: each half
+        is processed again until the failing message is alone, and that one becomes a dead letter.
+        """
+        try:
+            return await self._process_once(messages)
+        except Exception as exc:  # noqa: BLE001 - classified below; only a database outage escapes
+            if is_transient(exc) or not messages or getattr(exc, "hold_batch", False):
+                raise  # the database is down, or the rows are stored and only their windows failed
+            if len(messages) == 1:
+                return await self._dead_letter_alone(messages[0], exc)
+            log.exception("processing a batch of %d failed; bisecting to isolate the culprit(s)",
+                          len(messages))
+            mid = len(messages) // 2
+            first = await self.process(messages[:mid])
+            second = await self.process(messages[mid:])
+            return _merge_reports(first, second)
+
+    async def _dead_letter_alone(self, message: RawMessage, exc: BaseException) -> BatchReport:
+        started = time.perf_counter()
+        key = message.key.decode("utf-8", errors="replace") if message.key is not None else None
+        letter = DeadLetter(message.topic, message.partition, message.offset, key,
+                            internal_error_reason(exc), message.value)
+        log.error("isolated %s[%d]@%d: %s", message.topic, message.partition, message.offset, letter.reason,
+                  exc_info=exc)
+        written = await self._retrying(lambda: self._run(self.sink.write, [], [letter]), "dead letter write")
+        if self.publish_dead_letters is not None:
+            try:
+                await self.publish_dead_letters([letter])
+            except Exception:  # noqa: BLE001 - durable in dead_letters already
+                log.exception("could not publish a dead letter to Kafka (it is in PostgreSQL)")
+        seconds = time.perf_counter() - started
+        return BatchReport(received=1, written=written, dead_letters=[letter], scored=0, seconds=seconds,
+                           stage_seconds={"total": seconds})
+
+    async def _process_once(self, messages: Sequence[RawMessage]) -> BatchReport:
         started = time.perf_counter()
         stages: dict[str, float] = {}
         decoded, dead = decode_batch(messages)
@@ -139,18 +230,21 @@ class BatchProcessor:
         fetched = await self._fetch_media(posts)
         stages["media"] = time.perf_counter() - t
         t = time.perf_counter()
-        sentiments = await self._score(posts, fetched)
+        sentiments, unscored = await self._score(posts, fetched)
         stages["score"] = time.perf_counter() - t
         t = time.perf_counter()
         records = [
             SinkRecord(post=p, media=f.outcomes, sentiment=s,
                        modalities=("text", "image") if f.images else ("text",),
-                       source=(m.topic, m.partition, m.offset))
-            for (p, m), f, s in zip(decoded, fetched, sentiments, strict=True)
+                       source=(m.topic, m.partition, m.offset), unscored_reason=u)
+            for (p, m), f, s, u in zip(decoded, fetched, sentiments, unscored, strict=True)
         ]
-        written, attempts, rejected = await self._write(records, dead)
+        by_source = {(m.topic, m.partition, m.offset): m for m in messages}
+        written, attempts, rejected = await self._write(records, dead, by_source)
         stages["sink"] = time.perf_counter() - t
         dead = dead + rejected
+        rejected_sources = {(d.source_topic, d.source_partition, d.source_offset) for d in rejected}
+        kept = [r for r in records if r.source not in rejected_sources]
         if dead and self.publish_dead_letters is not None:
             try:
                 await self.publish_dead_letters(dead)
@@ -159,103 +253,231 @@ class BatchProcessor:
         t = time.perf_counter()
         if self.after_write is not None and written is not None:
             # Windows are recomputed from the committed rows before the batch is acked, so a crash here
-            # means the batch is redelivered and the recompute runs again (it is idempotent).
-            try:
-                await self._retrying(lambda: self.after_write(written, records), "window/alert update")
-            except Exception as exc:  # noqa: BLE001
-                if is_transient(exc):
-                    raise  # stopping with the database down: leave the batch unacked
-                log.exception("window/alert update failed; rows are committed, the windows are "
-                              "recomputed when next touched")
+            # means the batch is redelivered and the recompute runs again (it is idempotent).  The stage
+            # retries and counts its own failures; one that outlives them (``hold_batch``) propagates, so
+            # the batch is not acked (offsets held) instead of being acked with stale windows.  Dead
+            # letters go along: they count as read for the event-time watermark.
+            await self._retrying(lambda: self.after_write(written, kept, dead), "window/alert update")
         stages["windows"] = time.perf_counter() - t
         stages["total"] = time.perf_counter() - started
         return BatchReport(received=len(messages), written=written, dead_letters=dead,
-                           scored=sum(s is not None for s in sentiments),
+                           scored=sum(r.sentiment is not None for r in kept),
                            seconds=stages["total"], attempts=attempts, stage_seconds=stages,
-                           media_statuses=[m.status for r in records for m in r.media])
+                           media_statuses=[m.status for r in kept for m in r.media],
+                           unscored_reasons=[r.unscored_reason for r in kept
+                                             if r.sentiment is None and r.unscored_reason is not None])
 
     async def _fetch_media(self, posts: Sequence[Post]) -> list[FetchedMedia]:
         if self.media is None or not any(p.image_urls for p in posts):
             return [FetchedMedia() for _ in posts]
         try:
-            return await self.media(posts)
+            fetched = await self.media(posts)
+            if len(fetched) != len(posts):
+                raise RuntimeError(f"media stage returned {len(fetched)} results for {len(posts)} posts")
+            return fetched
         except Exception:  # noqa: BLE001 - a media failure degrades posts to text-only
             log.exception("media stage failed for a batch; scoring it text-only")
             return [FetchedMedia() for _ in posts]
 
-    async def _score(self, posts: Sequence[Post], fetched: Sequence[FetchedMedia]) -> list[Any]:
+    async def _score(self, posts: Sequence[Post], fetched: Sequence[FetchedMedia]
+                     ) -> tuple[list[Any], list[str | None]]:
+        """Per post: its sentiment, or None and why (skipped by the gate, or the model cannot take it)."""
+        sentiments: list[Any] = [None] * len(posts)
+        reasons: list[str | None] = [None] * len(posts)
         if self.scorer is None or self.score_input is None or not posts:
-            return [None] * len(posts)
-        inputs = [self.score_input(p, f.images) for p, f in zip(posts, fetched, strict=True)]
-        loop = asyncio.get_running_loop()
+            return sentiments, reasons
+        todo: list[tuple[int, Any]] = []
+        for i, (post, f) in enumerate(zip(posts, fetched, strict=True)):
+            try:
+                skip = self.skip_scoring(post) if self.skip_scoring is not None else None
+                if skip:
+                    reasons[i] = skip
+                    continue
+                todo.append((i, self.score_input(post, f.images)))
+            except Exception as exc:  # noqa: BLE001 - one post's bad input must not cost its batch
+                log.warning("cannot build model input for %s: %s", post.key, exc)
+                reasons[i] = _model_error(exc)
+        if not todo:
+            return sentiments, reasons
         try:
-            prepared = await loop.run_in_executor(self.executor, self.scorer.prepare, inputs)
-            results = await loop.run_in_executor(self.executor, self.scorer.score_prepared, prepared)
-        except Exception:  # noqa: BLE001 - posts are still stored; `sentistream rescore` fills them later
-            log.exception("scoring failed for a batch of %d posts; storing them unscored", len(posts))
-            return [None] * len(posts)
-        if len(results) != len(posts):
-            log.error("scorer returned %d results for %d posts; storing them unscored", len(results), len(posts))
-            return [None] * len(posts)
-        return list(results)
+            results = await self._score_inputs([x for _, x in todo])
+        except Exception as exc:  # noqa: BLE001 - find the post(s) the model cannot take
+            if self.model_batch_failures >= self.model_failures_unhealthy:
+                # the model is already known to be failing: don't bisect every batch, store them unscored
+                log.error("model still failing (%s); %d posts stored unscored", exc, len(todo))
+                outcome: list[Any] = [exc] * len(todo)
+            else:
+                log.warning("scoring a batch of %d failed (%s: %s); isolating the posts the model cannot "
+                            "take", len(todo), type(exc).__name__, exc)
+                outcome = await self._score_bisect([x for _, x in todo])
+        else:
+            outcome = results
+        n_scored = 0
+        for (i, _), result in zip(todo, outcome, strict=True):
+            if isinstance(result, BaseException):
+                reasons[i] = _model_error(result)
+            else:
+                sentiments[i] = result
+                n_scored += 1
+        self._note_model_batch(n_scored, outcome)
+        return sentiments, reasons
 
-    async def _write(self, records: list[SinkRecord], dead: list[DeadLetter]
+    async def _score_inputs(self, inputs: list[Any]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self.executor, self.scorer.prepare, inputs)
+        results = await loop.run_in_executor(self.executor, self.scorer.score_prepared, prepared)
+        results = list(results)
+        if len(results) != len(inputs):
+            raise RuntimeError(f"scorer returned {len(results)} results for {len(inputs)} posts")
+        return results
+
+    async def _score_bisect(self, inputs: list[Any]) -> list[Any]:
+        """Score halves until the failing inputs are alone; a failing input's slot holds its exception."""
+        if len(inputs) == 1:
+            try:
+                return await self._score_inputs(inputs)
+            except Exception as exc:  # noqa: BLE001
+                return [exc]
+        mid = len(inputs) // 2
+        out: list[Any] = []
+        for half in (inputs[:mid], inputs[mid:]):
+            try:
+                out.extend(await self._score_inputs(half))
+            except Exception:  # noqa: BLE001
+                out.extend(await self._score_bisect(half))
+        return out
+
+    def _note_model_batch(self, n_scored: int, outcome: Sequence[Any]) -> None:
+        """The model is unhealthy after K consecutive batches in which it scored nothing; up on success."""
+        if n_scored:
+            if self.model_batch_failures:
+                log.info("model scoring again after %d failed batches", self.model_batch_failures)
+            self.model_batch_failures = 0
+            self.on_model_state(True, None)
+            return
+        self.model_batch_failures += 1
+        last = next((r for r in outcome if isinstance(r, BaseException)), None)
+        if self.model_batch_failures >= self.model_failures_unhealthy:
+            self.on_model_state(False, f"{self.model_batch_failures} batches in a row failed to score: "
+                                       f"{type(last).__name__}: {last}")
+
+    async def _write(self, records: list[SinkRecord], dead: list[DeadLetter],
+                     messages: dict[tuple[str, int, int], RawMessage]
                      ) -> tuple[WriteResult | None, int, list[DeadLetter]]:
-        """Write the batch, waiting out a database outage; isolate posts the database refuses."""
+        """Write the batch, waiting out a database outage; isolate what the database (or a bug) refuses."""
         attempts = 0
 
-        async def attempt() -> tuple[WriteResult, list[DeadLetter]]:
+        async def attempt() -> tuple[WriteResult | None, list[DeadLetter]]:
             nonlocal attempts
             attempts += 1
             try:
                 return await self._run(self.sink.write, records, dead), []
-            except Exception as exc:  # noqa: BLE001 - classified, never escapes
+            except Exception as exc:  # noqa: BLE001 - classified, never escapes for data
                 if is_transient(exc):
                     raise
-                log.exception("database rejected a batch; isolating the bad posts")
-                return await self._write_one_by_one(records, dead)
+                log.exception("writing a batch of %d posts failed; bisecting to isolate the culprit(s)",
+                              len(records))
+                results: list[WriteResult] = []
+                rejected: list[DeadLetter] = []
+                await self._write_bisect(list(records) + list(dead), messages, results, rejected)
+                return merge_write_results(results), rejected
 
         result, rejected = await self._retrying(attempt, "batch write")
         return result, attempts, rejected
 
-    async def _retrying(self, step: Callable[[], Awaitable[Any]], what: str) -> Any:
-        """Run ``step`` until it succeeds, backing off while the database is unreachable."""
-        attempt = 0
-        while True:
-            attempt += 1
+    async def _write_bisect(self, items: list[SinkRecord | DeadLetter],
+                            messages: dict[tuple[str, int, int], RawMessage],
+                            results: list[WriteResult], rejected: list[DeadLetter]) -> None:
+        """Write halves until each failing item is alone; a failing post becomes a dead letter."""
+        mid = len(items) // 2
+        for half in (items[:mid], items[mid:]) if len(items) > 1 else (items,):
+            if not half:
+                continue
             try:
-                result = await step()
-                self.on_db_state(True, None)
-                return result
-            except Exception as exc:  # noqa: BLE001
-                if not is_transient(exc):
-                    raise
-                self.on_db_state(False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                if self.should_stop():
-                    raise
-                delay = self.retry.delay(attempt)
-                log.warning("%s: database unavailable (%s); retry %d in %.1fs, offsets held",
-                            what, type(exc).__name__, attempt, delay)
-                await asyncio.sleep(delay)
-
-    async def _write_one_by_one(self, records: list[SinkRecord], dead: list[DeadLetter]
-                                ) -> tuple[WriteResult, list[DeadLetter]]:
-        """Write each record alone; one the database refuses becomes a dead letter with the reason."""
-        rejected: list[DeadLetter] = []
-        good: list[SinkRecord] = []
-        for r in records:
-            try:
-                await self._run(self.sink.write, [r], [])
-                good.append(r)
+                results.append(await self._write_items(half))
+                continue
             except Exception as exc:  # noqa: BLE001
                 if is_transient(exc):
                     raise
-                topic, partition, offset = r.source or ("(unknown)", -1, -1)
-                rejected.append(DeadLetter(topic, partition, offset, r.post.key,
-                                           f"database rejected the post: {str(exc).splitlines()[0]}",
-                                           r.post.to_json()))
-        result = await self._run(self.sink.write, good, dead + rejected)
-        return result, rejected
+                if len(half) > 1:
+                    await self._write_bisect(half, messages, results, rejected)
+                    continue
+                culprit = half[0]
+                error = exc
+            letter = self._culprit_letter(culprit, error, messages)
+            log.error("isolated %s[%d]@%d: %s", letter.source_topic, letter.source_partition,
+                      letter.source_offset, letter.reason)
+            # a dead letter is written with the fewest assumptions: no payload decoding, bounded text
+            results.append(await self._run(self.sink.write, [], [letter]))
+            if isinstance(culprit, SinkRecord):
+                rejected.append(letter)
+
+    async def _write_items(self, items: Sequence[SinkRecord | DeadLetter]) -> WriteResult:
+        records = [x for x in items if isinstance(x, SinkRecord)]
+        dead = [x for x in items if isinstance(x, DeadLetter)]
+        return await self._run(self.sink.write, records, dead)
+
+    @staticmethod
+    def _culprit_letter(culprit: SinkRecord | DeadLetter, exc: BaseException,
+                        messages: dict[tuple[str, int, int], RawMessage]) -> DeadLetter:
+        if isinstance(culprit, DeadLetter):
+            # the dead letter itself would not store: keep where it came from and why, drop the bytes
+            return DeadLetter(culprit.source_topic, culprit.source_partition, culprit.source_offset, None,
+                              f"{culprit.reason} (payload not storable: {internal_error_reason(exc)})", None)
+        topic, partition, offset = culprit.source or ("(unknown)", -1, -1)
+        message = messages.get((topic, partition, offset))
+        key = (message.key.decode("utf-8", errors="replace") if message is not None and message.key is not None
+               else culprit.post.key)
+        payload = message.value if message is not None else culprit.post.to_json()
+        return DeadLetter(topic, partition, offset, key, internal_error_reason(exc), payload)
+
+    async def _retrying(self, step: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """Run ``step`` until it succeeds, backing off while the database is unreachable.
+
+        Only transient errors (see ``is_transient``) are retried; the wait ends when the worker stops, and
+        the last error is raised so the batch stays unacked.
+        """
+
+        def transient(exc: BaseException) -> bool:
+            if not is_transient(exc):
+                return False
+            self.on_db_state(False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return True
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            delay = state.next_action.sleep if state.next_action is not None else 0.0
+            log.warning("%s: database unavailable (%s); retry %d in %.1fs, offsets held",
+                        what, type(exc).__name__, state.attempt_number, delay)
+
+        retrying = AsyncRetrying(retry=retry_if_exception(transient), wait=self.retry,
+                                 stop=lambda _state: self.should_stop(), before_sleep=log_retry,
+                                 reraise=True)
+        result = await retrying(step)
+        self.on_db_state(True, None)
+        return result
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+def _merge_reports(a: BatchReport, b: BatchReport) -> BatchReport:
+    stages = dict(a.stage_seconds)
+    for name, seconds in b.stage_seconds.items():
+        stages[name] = stages.get(name, 0.0) + seconds
+    return BatchReport(received=a.received + b.received,
+                       written=merge_write_results([w for w in (a.written, b.written) if w is not None]),
+                       dead_letters=a.dead_letters + b.dead_letters, scored=a.scored + b.scored,
+                       seconds=a.seconds + b.seconds, attempts=a.attempts + b.attempts, stage_seconds=stages,
+                       media_statuses=a.media_statuses + b.media_statuses,
+                       unscored_reasons=a.unscored_reasons + b.unscored_reasons)
+
+
+def _model_error(exc: BaseException) -> str:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return f"model error: {type(exc).__name__}: {first_line}"[:500]
+
+
+def count_reasons(reasons: Sequence[str]) -> Counter[str]:
+    """Unscored reasons by metric label (see ``unscored_label``)."""
+    return Counter(unscored_label(r) for r in reasons)

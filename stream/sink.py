@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -66,6 +66,7 @@ class SinkRecord:
     sentiment: SentimentLike | None = None
     modalities: tuple[str, ...] = ("text",)
     source: tuple[str, int, int] | None = None  # Kafka (topic, partition, offset) it came from
+    unscored_reason: str | None = None  # why it has no sentiment (ignored when ``sentiment`` is set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +81,39 @@ class DeadLetter:
     payload: bytes | None
 
     def to_json(self) -> bytes:
+        """The dead-letter topic's record: any key, reason and payload bytes become valid JSON.
+
+        The payload is shown as text (invalid UTF-8 replaced) and cut at ``DEAD_LETTER_TOPIC_PAYLOAD``
+        bytes so the record fits the broker's message size; the full bytes are in PostgreSQL.
+        """
+        payload = self.payload
+        shown = None
+        if payload is not None:
+            shown = payload[:DEAD_LETTER_TOPIC_PAYLOAD].decode("utf-8", errors="replace")
         return json.dumps({
             "source_topic": self.source_topic,
             "source_partition": self.source_partition,
             "source_offset": self.source_offset,
-            "key": self.key,
-            "reason": self.reason,
-            "payload": self.payload.decode("utf-8", errors="replace") if self.payload is not None else None,
+            "key": safe_text(self.key, MAX_DEAD_LETTER_KEY) if self.key is not None else None,
+            "reason": safe_text(self.reason, MAX_DEAD_LETTER_REASON),
+            "payload": shown,
+            "payload_bytes": len(payload) if payload is not None else None,
+            "payload_truncated": payload is not None and len(payload) > DEAD_LETTER_TOPIC_PAYLOAD,
         }, ensure_ascii=False).encode("utf-8")
+
+
+# Bounds on what one dead letter stores: any bytes are accepted, oversized ones are cut with a note.
+MAX_DEAD_LETTER_PAYLOAD = 1024 * 1024  # bytes kept in dead_letters.payload
+DEAD_LETTER_TOPIC_PAYLOAD = 64 * 1024  # bytes shown in the dead-letter topic's JSON record
+MAX_DEAD_LETTER_KEY = 1024  # characters
+MAX_DEAD_LETTER_REASON = 2000  # characters
+
+
+def safe_text(value: str, limit: int) -> str:
+    """``value`` as text PostgreSQL and UTF-8 accept: no NUL, no lone surrogates, at most ``limit`` chars."""
+    value = value.replace("\x00", "\ufffd")
+    value = value.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates -> '?'
+    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 @dataclass(slots=True)
@@ -105,15 +131,16 @@ class WriteResult:
 TransactionHook = Callable[[Any, Sequence[SinkRecord], dict[str, int]], None]
 
 _POSTS_SQL = """
-INSERT INTO posts (platform, post_id, author, created_at, text, lang, url, topic, keywords, raw, ingested_at)
+INSERT INTO posts (platform, post_id, author, created_at, text, lang, url, topic, keywords, raw, ingested_at,
+                   unscored_reason)
 VALUES %s
 ON CONFLICT (platform, post_id) DO UPDATE SET
     author = EXCLUDED.author, created_at = EXCLUDED.created_at, text = EXCLUDED.text,
     lang = EXCLUDED.lang, url = EXCLUDED.url, topic = EXCLUDED.topic, keywords = EXCLUDED.keywords,
-    raw = COALESCE(EXCLUDED.raw, posts.raw), updated_at = now()
+    raw = COALESCE(EXCLUDED.raw, posts.raw), unscored_reason = EXCLUDED.unscored_reason, updated_at = now()
 RETURNING id, platform, post_id
 """
-_POSTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::jsonb, %s)"
+_POSTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::jsonb, %s, %s)"
 
 _MEDIA_SQL = """
 INSERT INTO post_media (post_pk, url, kind, status, content_type, bytes, sha256, width, height, error, fetched_at)
@@ -193,7 +220,7 @@ class PostgresSink:
     def _write_posts(self, cur: Any, records: Sequence[SinkRecord]) -> dict[str, int]:
         if not records:
             return {}
-        rows = [_post_row(r.post) for r in records]
+        rows = [_post_row(r.post, None if r.sentiment is not None else r.unscored_reason) for r in records]
         returned = execute_values(cur, _POSTS_SQL, rows, template=_POSTS_TEMPLATE,
                                   page_size=self.page_size, fetch=True)
         return {f"{platform}:{post_id}": pk for pk, platform, post_id in returned}
@@ -227,20 +254,43 @@ class PostgresSink:
     def _write_dead_letters(self, cur: Any, dead: Sequence[DeadLetter]) -> int:
         if not dead:
             return 0
-        rows = [(d.source_topic, d.source_partition, d.source_offset, d.key, d.reason, d.payload) for d in dead]
+        rows = [_dead_letter_row(d) for d in dead]
         execute_values(cur, _DEAD_SQL, rows, page_size=self.page_size)
         return len(rows)
 
 
-def _post_row(post: Post) -> tuple[Any, ...]:
-    return (post.platform, post.post_id, post.author, post.created_at, _clean(post.text), post.lang, post.url,
+def _post_row(post: Post, unscored_reason: str | None = None) -> tuple[Any, ...]:
+    author = _clean(post.author) if post.author is not None else None
+    return (post.platform, post.post_id, author, post.created_at, _clean(post.text), post.lang, post.url,
             post.topic, list(post.keywords), _jsonb(post.raw) if post.raw is not None else None,
-            post.ingested_at)
+            post.ingested_at, _clean(unscored_reason) if unscored_reason is not None else None)
+
+
+def _dead_letter_row(dead: DeadLetter) -> tuple[Any, ...]:
+    """Any dead letter fits its row: text columns cleaned and bounded, an oversized payload cut with a note."""
+    reason = safe_text(dead.reason, MAX_DEAD_LETTER_REASON)
+    payload = dead.payload
+    if payload is not None and len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+        reason = f"{reason} (payload truncated from {len(payload)} to {MAX_DEAD_LETTER_PAYLOAD} bytes)"
+        payload = payload[:MAX_DEAD_LETTER_PAYLOAD]
+    key = safe_text(dead.key, MAX_DEAD_LETTER_KEY) if dead.key is not None else None
+    return (safe_text(dead.source_topic, 256), dead.source_partition, dead.source_offset, key, reason, payload)
 
 
 def _jsonb(value: Any) -> str:
-    # jsonb rejects the \u0000 escape that json.dumps writes for NUL characters.
-    return json.dumps(value, ensure_ascii=False).replace("\\u0000", "\\ufffd")
+    # jsonb rejects the \u0000 escape that json.dumps writes for NUL characters: replace NUL in every
+    # string and key first (a textual replace would also rewrite an escaped backslash followed by u0000).
+    return json.dumps(_without_nul(value), ensure_ascii=False)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, Mapping):
+        return {_clean(str(k)): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _clean(text: str) -> str:

@@ -119,6 +119,13 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
             else:
                 state.health.mark_down("database", error or "unreachable")
 
+    def on_model_state(up: bool, error: str | None) -> None:
+        if state is not None:
+            if up:
+                state.health.mark_up("model")
+            else:
+                state.health.mark_down("model", error or "scoring failed")
+
     windows = WindowAlertStage(
         engine, settings.window_lengths_s, SpikeDetector(SpikeConfig.from_settings(settings)),
         notifier=AlertNotifier(settings.alert_webhook_url) if settings.alert_webhook_url else None,
@@ -135,6 +142,8 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
         executor=executor,
         should_stop=should_stop,
         on_db_state=on_db_state,
+        on_model_state=on_model_state,
+        model_failures_unhealthy=settings.model_failures_unhealthy,
     )
 
 
