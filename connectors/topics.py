@@ -14,6 +14,10 @@ and ``false`` switches the platform off for that topic::
       cup-final:
         keywords: [cup final, "#cupfinal"]
         mastodon: false
+        languages: [en, es]   # scored languages; default [en] (the model is English-only); ["*"] = all
+
+``languages`` is read by the worker (``SENTISTREAM_TOPICS_FILE``, see ``stream/language.py``): a post in
+another language is stored with ``unscored_reason`` instead of being scored as if it were English.
 
 Errors name the exact place (``topics.cup-final.reddit.subreddits``) so a typo fails at start-up, not as
 an empty feed at 3 a.m.
@@ -29,6 +33,9 @@ from typing import Any
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SUBREDDIT = re.compile(r"^[A-Za-z0-9_]{2,21}$")
+LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$")  # ISO 639-1 (or 639-3 when there is no two-letter code)
+ANY_LANGUAGE = "*"  # in ``languages``: score every language (the model is English-only: know why)
+DEFAULT_LANGUAGES = ("en",)  # the shipped model was trained on English tweets only
 
 
 class TopicsConfigError(ValueError):
@@ -65,6 +72,7 @@ class MonitoredTopic:
     reddit: RedditQuery | None = None
     bluesky: BlueskyQuery | None = None
     mastodon: MastodonQuery | None = None
+    languages: tuple[str, ...] = DEFAULT_LANGUAGES  # scored languages, lower-case codes, or ("*",)
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,7 @@ def parse_topics(data: Any) -> TopicsConfig:
             spec = {}
         if not isinstance(spec, Mapping):
             raise TopicsConfigError(f"{where}: must be a mapping")
-        unknown = set(spec) - {"keywords", "twitter", "reddit", "bluesky", "mastodon"}
+        unknown = set(spec) - {"keywords", "twitter", "reddit", "bluesky", "mastodon", "languages"}
         if unknown:
             raise TopicsConfigError(f"{where}: unknown keys {sorted(unknown)}")
         keywords = _strings(spec.get("keywords", []), f"{where}.keywords")
@@ -147,6 +155,7 @@ def parse_topics(data: Any) -> TopicsConfig:
             reddit=_reddit(spec.get("reddit"), keywords, f"{where}.reddit"),
             bluesky=_bluesky(spec.get("bluesky"), keywords, f"{where}.bluesky"),
             mastodon=_mastodon(spec.get("mastodon"), keywords, f"{where}.mastodon"),
+            languages=_languages(spec.get("languages", list(DEFAULT_LANGUAGES)), f"{where}.languages"),
         ))
     return TopicsConfig(tuple(topics))
 
@@ -157,6 +166,21 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise TopicsConfigError(f"{where}: must be a list of non-empty strings")
     return tuple(v.strip() for v in value)
+
+
+def _languages(value: Any, where: str) -> tuple[str, ...]:
+    """Lower-case language codes in file order, or ``("*",)``; a name like ``English`` is refused."""
+    codes = [c.lower() for c in _strings(value, where)]
+    if not codes:
+        raise TopicsConfigError(f"{where}: must name at least one language (e.g. [en]) or be [\"*\"] for all")
+    if ANY_LANGUAGE in codes:
+        if len(codes) > 1:
+            raise TopicsConfigError(f"{where}: '*' (every language) cannot be combined with codes")
+        return (ANY_LANGUAGE,)
+    for code in codes:
+        if not LANGUAGE_CODE.match(code):
+            raise TopicsConfigError(f"{where}: {code!r} is not an ISO 639-1 language code like 'en' or 'fr'")
+    return tuple(dict.fromkeys(codes))
 
 
 def _section(value: Any, where: str) -> Mapping[str, Any] | None:

@@ -60,3 +60,42 @@ def test_keywords_match_whole_words_case_insensitively() -> None:
         "cup final", "#cupfinal", "cup")
     assert matched_keywords("my cupboard", ["cup"]) == ()
     assert matched_keywords("#skyways rocks", ["skyways"]) == ()  # a bare word does not match inside a hashtag
+
+
+# --- languages: which languages the worker may score per topic -------------------------------------------
+
+
+def test_languages_default_to_english_and_keep_file_order() -> None:
+    config = parse_topics({"topics": {"plain": {"keywords": ["x"]},
+                                      "bilingual": {"keywords": ["y"], "languages": ["FR", "en", "fr"]},
+                                      "everything": {"keywords": ["z"], "languages": ["*"]},
+                                      "one": {"keywords": ["w"], "languages": "es"}}})
+    assert config.get("plain").languages == ("en",)
+    assert config.get("bilingual").languages == ("fr", "en")  # lower-cased, duplicates dropped
+    assert config.get("everything").languages == ("*",)
+    assert config.get("one").languages == ("es",)
+
+
+def test_sample_topics_file_has_valid_languages(sample_dir: Path) -> None:
+    for topic in load_topics(sample_dir / "topics.yaml").topics:
+        assert topic.languages and all(re.fullmatch(r"[a-z]{2,3}|\*", code) for code in topic.languages)
+
+
+@pytest.mark.parametrize("value,message", [
+    (["English"], "'english' is not an ISO 639-1 language code"),
+    (["en-US"], "'en-us' is not an ISO 639-1 language code"),
+    ([], "must name at least one language"),
+    (["*", "en"], "'*' (every language) cannot be combined"),
+    ([1], "must be a list of non-empty strings"),
+    (None, "must be a list of non-empty strings"),
+    ({"en": True}, "must be a list of non-empty strings"),
+])
+def test_bad_languages_fail_with_the_place_and_the_fix(value: object, message: str) -> None:
+    with pytest.raises(TopicsConfigError, match=re.escape("topics.t.languages: ") + ".*" + re.escape(message)):
+        parse_topics({"topics": {"t": {"keywords": ["x"], "languages": value}}})
+
+
+def test_languages_in_toml(tmp_path: Path) -> None:
+    path = tmp_path / "topics.toml"
+    path.write_text('[topics.strike]\nkeywords = ["grève"]\nlanguages = ["fr"]\n')
+    assert load_topics(path).get("strike").languages == ("fr",)

@@ -1,0 +1,172 @@
+"""The language gate: platform tags first, offline detection otherwise, unknown means scored, never raises."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connectors.post import Post
+from connectors.topics import TopicsConfigError, parse_topics
+from stream import language
+from stream.language import LanguageGate, detect_language, primary_language
+
+SAMPLE = Path(__file__).resolve().parents[2] / "connectors" / "samples" / "sample_posts.jsonl"
+REASON = re.compile(r"^language not scored: [a-z]{2,3} \((detected|tagged by the platform)\); topic \S+ scores ")
+
+FRENCH = "Quelqu'un sait si les bus de nuit circulent pendant la grève du métro ce soir ?"
+GERMAN = "Weiß jemand, ob SkyWays ab September wieder nach Mexico City fliegt?"
+ENGLISH = "SkyWays lost my checked bag and support is useless, filed a claim two weeks ago"
+
+
+def post(text: str, lang: str | None = None, topic: str = "news") -> Post:
+    return Post(platform="replay", post_id="1", text=text, created_at=datetime(2026, 11, 30, tzinfo=UTC),
+                lang=lang, topic=topic)
+
+
+def test_untagged_posts_in_another_language_are_skipped_with_a_reason() -> None:
+    gate = LanguageGate()
+    reason = gate.reason_to_skip(post(FRENCH, topic="metro-strike"))
+    assert reason is not None and REASON.match(reason), reason
+    assert "fr (detected)" in reason and "metro-strike scores en" in reason
+    assert "de (detected)" in (gate.reason_to_skip(post(GERMAN)) or "")
+    assert gate.reason_to_skip(post(ENGLISH)) is None
+
+
+def test_the_platform_tag_wins_over_detection() -> None:
+    gate = LanguageGate()
+    assert "fr (tagged by the platform)" in (gate.reason_to_skip(post(ENGLISH, lang="fr")) or "")
+    assert gate.reason_to_skip(post(FRENCH, lang="en")) is None
+    assert gate.reason_to_skip(post(FRENCH, lang="en-GB")) is None
+    # Twitter's "no language" tags fall back to the text.
+    for tag in ("und", "qme", "zxx", "qht"):
+        assert "fr (detected)" in (gate.reason_to_skip(post(FRENCH, lang=tag)) or ""), tag
+
+
+@pytest.mark.parametrize("tag,code", [("en", "en"), ("EN", "en"), ("en-US", "en"), ("pt_BR", "pt"),
+                                      ("zh-Hant-TW", "zh"), ("in", "id"), ("iw", "he"), ("und", None),
+                                      ("qme", None), ("", None), ("english", None), ("e", None),
+                                      (" fr ", "fr"), (None, None), (42, None), ("en--", None)])
+def test_platform_tags_are_reduced_to_the_primary_language(tag: object, code: str | None) -> None:
+    assert primary_language(tag) == code
+
+
+@pytest.mark.parametrize("text", ["✈️😡", "🚶‍♀️🚶‍♀️🚶‍♀️😮‍💨", "lol", "ok 👍", "", "   ",
+                                  "@SkyWaysAir #fail https://example.com/a/very/long/path?q=1"])
+def test_short_or_letterless_texts_are_unknown_and_scored(text: str) -> None:
+    gate = LanguageGate()
+    assert detect_language(text) is None
+    assert gate.reason_to_skip(post(text)) is None
+    assert gate.with_detected_language(post(text)).lang is None
+
+
+def test_per_topic_languages_and_the_english_default_for_unnamed_topics() -> None:
+    config = parse_topics({"topics": {"cup-final": {"keywords": ["cup"], "languages": ["en", "fr"]},
+                                      "world": {"keywords": ["w"], "languages": ["*"]},
+                                      "local": {"keywords": ["l"]}}})
+    gate = LanguageGate.from_topics(config)
+    assert gate.reason_to_skip(post(FRENCH, topic="cup-final")) is None
+    assert "de (detected)" in (gate.reason_to_skip(post(GERMAN, topic="cup-final")) or "")
+    assert gate.reason_to_skip(post(GERMAN, topic="world")) is None
+    assert gate.reason_to_skip(post(GERMAN, lang="de", topic="world")) is None
+    assert gate.reason_to_skip(post(FRENCH, topic="local")) is not None
+    assert gate.reason_to_skip(post(FRENCH, topic="not-in-the-file")) is not None  # English-only default
+    assert "cup-final: en,fr" in gate.describe() and "world: all" in gate.describe()
+
+
+def test_from_file(tmp_path: Path) -> None:
+    assert LanguageGate.from_file(None).allowed("anything") == {"en"}
+    path = tmp_path / "topics.yaml"
+    path.write_text("topics:\n  strike:\n    keywords: [grève]\n    languages: [fr]\n")
+    gate = LanguageGate.from_file(path)
+    assert gate.reason_to_skip(post(FRENCH, topic="strike")) is None
+    assert gate.reason_to_skip(post(ENGLISH, topic="strike")) is not None
+    path.write_text("topics:\n  strike:\n    languages: [French]\n")
+    with pytest.raises(TopicsConfigError, match="topics.strike.languages"):
+        LanguageGate.from_file(path)
+    with pytest.raises(TopicsConfigError, match="cannot read topics file"):
+        LanguageGate.from_file(tmp_path / "missing.yaml")
+
+
+def test_detected_language_is_recorded_only_when_the_platform_gave_none() -> None:
+    gate = LanguageGate()
+    assert gate.with_detected_language(post(FRENCH)).lang == "fr"
+    assert gate.with_detected_language(post(ENGLISH)).lang == "en"
+    tagged = post(FRENCH, lang="und")
+    assert gate.with_detected_language(tagged) is tagged  # the platform's own tag is kept
+    assert gate.with_detected_language(post(FRENCH, lang="en")).lang == "en"
+
+
+def test_the_bundled_sample_agrees_with_its_platform_tags() -> None:
+    """On the shipped sample feed, detection never calls a tagged-English post foreign and never
+    contradicts a tag when it is confident."""
+    contradictions, english_flagged, checked = [], [], 0
+    for line in SAMPLE.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        tag = primary_language(data.get("lang"))
+        if tag is None or not isinstance(data.get("text"), str):
+            continue
+        checked += 1
+        detected = detect_language(data["text"])
+        if detected is not None and detected != tag:
+            contradictions.append((tag, detected, data["text"][:60]))
+        if tag == "en" and detected not in (None, "en"):
+            english_flagged.append(data["text"][:60])
+    assert checked > 100
+    assert english_flagged == []
+    assert contradictions == []
+
+
+def test_a_failing_identifier_means_unknown_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken:
+        def classify(self, text: str) -> tuple[str, float]:
+            raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(language, "_identifier", lambda: Broken())
+    language._detect_prefix.cache_clear()
+    try:
+        assert detect_language(FRENCH + " (uncached)") is None
+        assert LanguageGate().reason_to_skip(post(FRENCH + " (uncached)")) is None
+    finally:
+        language._detect_prefix.cache_clear()
+
+
+def test_huge_posts_are_judged_on_their_start() -> None:
+    text = " ".join([FRENCH] * 30 + [ENGLISH] * 600)  # ~2,400 chars of French, then ~48,000 of English
+    assert len(text) > 40_000 and detect_language(text) == "fr"
+
+
+lang_tags = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(["en", "fr", "und", "qme", "en-US", "pt_BR"]))
+topic_names = st.sampled_from(["news", "bilingual", "all", "unlisted"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(max_size=400), lang=lang_tags, topic=topic_names)
+def test_the_gate_never_raises_on_arbitrary_posts(text: str, lang: str | None, topic: str) -> None:
+    gate = LanguageGate({"news": ["en"], "bilingual": ["en", "es"], "all": ["*"]})
+    p = post(text, lang=lang, topic=topic)
+    reason = gate.reason_to_skip(p)
+    assert reason is None or REASON.match(reason), reason
+    if topic == "all":
+        assert reason is None
+    recorded = gate.with_detected_language(p)
+    if lang:
+        assert recorded.lang == lang  # a platform tag is never replaced
+    else:
+        assert recorded.lang == lang or re.fullmatch(r"[a-z]{2,3}", recorded.lang or "")
+    assert recorded.text == p.text and recorded.key == p.key
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=2000))
+def test_detection_answers_a_code_or_unknown(text: str) -> None:
+    detected = detect_language(text)
+    assert detected is None or re.fullmatch(r"[a-z]{2,3}", detected)
