@@ -25,9 +25,9 @@ from faust.types import TP
 from connectors.broker import BrokerTarget, ensure_topics, faust_broker_settings
 from stream import metrics
 from stream.metrics import HealthState
-from stream.pipeline import BatchProcessor, RawMessage
+from stream.pipeline import BatchProcessor, RawMessage, unscored_label
 from stream.settings import Settings
-from stream.sink import DeadLetter
+from stream.sink import DeadLetter, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,16 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
             ]
             try:
                 report = await processor.process(messages)
-            except Exception:  # noqa: BLE001 - only when stopping with the database down
-                log.warning("batch of %d not saved (worker stopping); not acked, it will be redelivered",
-                            len(messages))
+            except Exception as exc:  # noqa: BLE001 - never silent: logged, and red unless we are stopping
+                if app.should_stop and is_transient(exc):
+                    log.warning("batch of %d not saved (worker stopping with the database down); not acked, "
+                                "it will be redelivered", len(messages))
+                else:
+                    # process() absorbs bad data and waits out outages, so this is a bug: the batch stays
+                    # unacked (its partitions stop committing) until a restart redelivers it.
+                    log.error("batch of %d (%s) failed unexpectedly; not acked, it is redelivered on restart",
+                              len(messages), _offsets(messages), exc_info=exc)
+                    state.health.mark_down("pipeline", f"a batch failed unexpectedly: {type(exc).__name__}: {exc}")
                 continue
             for e in events:
                 await stream.ack(e)
@@ -129,6 +136,15 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
     return app
 
 
+def _offsets(messages: Sequence[RawMessage]) -> str:
+    """'posts.raw[0]@10-73, posts.raw[2]@5-9': where a failed batch sits, for the operator."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for m in messages:
+        low, high = spans.get((m.topic, m.partition), (m.offset, m.offset))
+        spans[(m.topic, m.partition)] = (min(low, m.offset), max(high, m.offset))
+    return ", ".join(f"{t}[{p}]@{lo}-{hi}" for (t, p), (lo, hi) in sorted(spans.items()))
+
+
 def _record(app: faust.App, state: WorkerState, messages: Sequence[RawMessage], report: Any) -> None:
     """Counters, histograms, lag and the progress heartbeat after a committed batch."""
     state.batches += 1
@@ -140,6 +156,7 @@ def _record(app: faust.App, state: WorkerState, messages: Sequence[RawMessage], 
     metrics.DEAD_LETTERS.inc(len(report.dead_letters))
     metrics.observe_batch(len(messages), report.stage_seconds)
     metrics.count_media(report.media_statuses)
+    metrics.count_unscored(unscored_label(r) for r in report.unscored_reasons)
     for m in messages:
         key = (m.topic, m.partition)
         state.next_offsets[key] = max(state.next_offsets.get(key, 0), m.offset + 1)
