@@ -25,6 +25,33 @@ from stream.embedded import EmbeddedPostgres, to_sqlalchemy_url
 
 DEFAULT_CONFIGURED = "postgresql://postgres@127.0.0.1:5432/test"
 
+FULL_DATA_SETS = ("semeval2017-task4a", "tweeteval-sentiment", "mvsa-single")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "dataset(*folders): evaluates over the full data sets in SENTISTREAM_DATA_DIR (default: all of "
+        f"{', '.join(FULL_DATA_SETS)}); skipped only when such a folder is absent",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a ``dataset`` test when a data set it reads is not there; every other test always runs.
+
+    Tests that need only *some* tweets and pictures use tests/fixtures/mini_data.py instead, so a
+    fresh clone without ../shared/data still runs them."""
+    marker = item.get_closest_marker("dataset")
+    if marker is None:
+        return
+    from model.data import data_dir
+
+    root = data_dir()
+    missing = [name for name in (marker.args or FULL_DATA_SETS) if not (root / name).is_dir()]
+    if missing:
+        pytest.skip(f"full data set {', '.join(missing)} not under {root} (set SENTISTREAM_DATA_DIR)")
+
 
 @pytest.fixture(scope="session")
 def embedded_postgres() -> Iterator[EmbeddedPostgres]:

@@ -1,7 +1,8 @@
-"""A tiny REAL training set for the network tests: MVSA-Single tweets through the real encoders.
+"""A tiny REAL training set for the network tests: shipped tweets and pictures through the real encoders.
 
 Random tensors check shapes; whether a fusion can learn needs real signal.  Twelve tweets of each
-class (first in file order) are encoded once per test session with the packaged MiniLM-L6 and
+class from the miniature MVSA-Single train split (tests/fixtures/mini_data.py, so no data folder is
+needed; first in file order) are encoded once per test session with the packaged MiniLM-L6 and
 EfficientNet-Lite0; every other tweet keeps its picture, the rest are text-only, so each batch mixes
 posts with and without an image, as the live feed does.
 """
@@ -14,12 +15,9 @@ from typing import Any
 import torch
 
 from model import data
+from tests.fixtures.mini_data import mini_data_dir
 
 PER_CLASS = 12
-
-
-def data_available() -> bool:
-    return (data.data_dir() / data.MVSA).is_dir()
 
 
 @lru_cache(maxsize=1)
@@ -33,7 +31,7 @@ def encoders() -> tuple[Any, Any]:
 def tiny_real_items() -> tuple[dict[str, Any], ...]:
     """Items shaped like ``CachedFeatureDataset``'s: text (T,384), image (1,1280) or None, label, id."""
     torch.set_num_threads(2)
-    examples = data.load_mvsa("train")
+    examples = data.load_mvsa("train", root=mini_data_dir())
     chosen: list[data.Example] = []
     for label in range(3):
         chosen.extend([e for e in examples if e.label == label][:PER_CLASS])

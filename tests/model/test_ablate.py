@@ -1,4 +1,4 @@
-"""Ablation table end to end on a tiny real MVSA feature cache (built here, in a temporary folder)."""
+"""Ablation table end to end on a tiny feature cache of the miniature MVSA split (built here, in a temporary folder)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from model import ablate, data
 from model.encoders import ImageEncoder, TextEncoder
 from model.features import CachedFeatureDataset, FeatureCache
+from tests.fixtures.mini_data import mini_data_dir
 
 
 def test_stratified_selection_split_keeps_class_shares() -> None:
@@ -26,7 +27,7 @@ def tiny_mvsa(tmp_path_factory) -> tuple[CachedFeatureDataset, CachedFeatureData
     cache = FeatureCache(tmp_path_factory.mktemp("features"))
     text_encoder, image_encoder = TextEncoder(None), ImageEncoder()
     for split, size in (("train", 60), ("dev", 30)):
-        examples = data.load_mvsa(split)[:size]
+        examples = data.load_mvsa(split, root=mini_data_dir())[:size]
         cache.build_text(text_encoder, "mvsa", split, examples)
         cache.build_images(image_encoder, "mvsa", split, examples)
     return (

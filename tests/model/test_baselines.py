@@ -56,6 +56,7 @@ def test_majority_baseline_predicts_most_common_training_label() -> None:
         MajorityBaseline().fit([])
 
 
+@pytest.mark.dataset(data.TWEETEVAL)
 def test_vader_beats_majority_on_real_tweeteval_slice(vader: VaderBaseline) -> None:
     val = data.load_tweeteval_val()[:400]
     gold = np.array([example.label for example in val])

@@ -6,12 +6,9 @@ import torch
 from model import checkpoint
 from model.config import ModelConfig
 from model.network import SentimentNet
-from tests.model.real_features import data_available, tiny_real_batch
+from tests.model.real_features import tiny_real_batch
 
 torch.set_num_threads(2)
-
-pytestmark = pytest.mark.skipif(not data_available(), reason="shared data folder not present")
-
 
 def _trained_net(config: ModelConfig) -> SentimentNet:
     """A few real optimisation steps, so the weights are not just their initialisation."""

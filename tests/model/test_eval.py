@@ -1,4 +1,5 @@
-"""The evaluation report: metrics, intervals, baselines and files, on the real MVSA dev split."""
+"""The evaluation report: metrics, intervals, baselines and files, on the real MVSA dev split (when the data
+folder is there) and on the miniature one shipped in tests/fixtures (always)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ import pytest
 from model import eval as model_eval
 from model import metrics
 from model.labels import LABELS
+from tests.fixtures.mini_data import mini_data_dir
 
 
 @pytest.fixture(scope="module")
 def mvsa_dev():
+    return model_eval.load_split("mvsa-dev")
+
+
+@pytest.fixture
+def mini_mvsa_dev(monkeypatch):
+    monkeypatch.setenv("SENTISTREAM_DATA_DIR", str(mini_data_dir()))
     return model_eval.load_split("mvsa-dev")
 
 
@@ -22,6 +30,7 @@ def _noisy_predictions(gold: np.ndarray, keep: float, seed: int) -> np.ndarray:
     return np.where(rng.random(gold.shape[0]) < keep, gold, rng.integers(0, 3, size=gold.shape[0]))
 
 
+@pytest.mark.dataset("mvsa-single")
 def test_report_numbers_match_metrics_and_baselines(mvsa_dev, tmp_path: Path) -> None:
     examples, train_labels = mvsa_dev
     gold = np.array([example.label for example in examples])
@@ -56,12 +65,32 @@ def test_report_numbers_match_metrics_and_baselines(mvsa_dev, tmp_path: Path) ->
     assert rows[1].split(",")[1] == LABELS[gold[0]]
 
 
-def test_report_rejects_mismatched_predictions(mvsa_dev) -> None:
-    examples, train_labels = mvsa_dev
+def test_report_on_the_miniature_split_writes_consistent_files(mini_mvsa_dev, tmp_path: Path) -> None:
+    examples, train_labels = mini_mvsa_dev
+    assert len(examples) == 18 and train_labels.shape == (42,)  # majority is fitted on train, not dev
+    gold = np.array([example.label for example in examples])
+    predicted = _noisy_predictions(gold, keep=0.7, seed=3)
+    report = model_eval.evaluate_predictions("mvsa-dev", examples, predicted, train_labels, n_resamples=100)
+    assert report.n_items == 18
+    assert report.model.intervals["accuracy"].value == pytest.approx(metrics.accuracy(gold, predicted))
+    assert report.model.metrics.macro_recall == pytest.approx(metrics.macro_recall(gold, predicted))
+    vader, majority = report.baselines
+    assert set(majority.predictions.tolist()) == {int(np.argmax(np.bincount(train_labels)))}
+    assert vader.name == "VADER" and len(vader.predictions) == 18
+    model_eval.write_report(report, tmp_path, examples=examples)
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 19
+    assert [row.split(",")[1] for row in rows[1:]] == [LABELS[label] for label in gold]
+    assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_rejects_mismatched_predictions(mini_mvsa_dev) -> None:
+    examples, train_labels = mini_mvsa_dev
     with pytest.raises(ValueError, match="predictions"):
         model_eval.evaluate_predictions("mvsa-dev", examples, [0, 1], train_labels, n_resamples=10)
 
 
+@pytest.mark.dataset("semeval2017-task4a", "tweeteval-sentiment")
 def test_tweeteval_majority_comes_from_training_pool() -> None:
     examples, train_labels = model_eval.load_split("tweeteval-val")
     assert len(examples) == 2000
@@ -76,8 +105,9 @@ def test_tweeteval_majority_comes_from_training_pool() -> None:
     assert "TimeLMs-2021" in markdown
 
 
-def test_evaluate_checkpoint_scores_through_the_scorer(tmp_path: Path) -> None:
+def test_evaluate_checkpoint_scores_through_the_scorer(tmp_path: Path, monkeypatch) -> None:
     """A real (tiny, untrained) checkpoint through the serving path; the report agrees with it."""
+    monkeypatch.setenv("SENTISTREAM_DATA_DIR", str(mini_data_dir()))
     import torch
 
     from model import checkpoint

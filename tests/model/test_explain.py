@@ -22,6 +22,7 @@ from model.explain import (
 )
 from model.labels import LABELS
 from model.network import SentimentNet
+from tests.fixtures.mini_data import mini_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,8 @@ def test_text_explanation_weights_cover_the_post(explainer: Explainer, tmp_path:
     assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_gradcam_on_a_real_mvsa_picture(explainer: Explainer, tmp_path: Path) -> None:
-    example = data.load_mvsa("dev")[0]
+def test_gradcam_on_a_picture(explainer: Explainer, tmp_path: Path) -> None:
+    example = data.load_mvsa("dev", root=mini_data_dir())[0]
     with Image.open(example.image_path) as opened:
         image = opened.convert("RGB")
     explanation = explain_post(explainer, example.text, image)
@@ -80,7 +81,7 @@ def test_gradcam_on_a_real_mvsa_picture(explainer: Explainer, tmp_path: Path) ->
 
 
 def test_filter_ngrams_come_from_the_sample(explainer: Explainer) -> None:
-    sample = data.load_tweeteval_val()[:40]
+    sample = data.load_tweeteval_val(root=mini_data_dir())[:40]
     results = filter_ngrams(
         explainer, [e.text for e in sample], [e.label for e in sample], top_k=3, progress=False
     )
@@ -112,7 +113,7 @@ def test_explainer_from_checkpoint_matches_the_scorer(tmp_path: Path) -> None:
     checkpoint.save(path, SentimentNet(config), config)
     explainer = Explainer.from_checkpoint(path)
     scorer = Scorer.from_checkpoint(path, device="cpu")
-    example = data.load_mvsa("dev")[1]
+    example = data.load_mvsa("dev", root=mini_data_dir())[1]
     with Image.open(example.image_path) as opened:
         image = opened.convert("RGB")
     served = scorer.score([ScoreInput(example.text), ScoreInput(example.text, images=[image])])

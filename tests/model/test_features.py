@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from model import data
 from model.data import Example, load_mvsa, load_tweeteval_val
 from model.features import (
     CachedFeatureDataset,
@@ -14,17 +13,13 @@ from model.features import (
     default_cache_root,
     main,
 )
+from tests.fixtures.mini_data import mini_data_dir
 
 torch.set_num_threads(2)
 
-pytestmark = pytest.mark.skipif(
-    not (data.data_dir() / data.MVSA).is_dir(), reason="shared data folder not present"
-)
-
-
 @pytest.fixture(scope="module")
 def val_examples() -> list[Example]:
-    return load_tweeteval_val()[:12]
+    return load_tweeteval_val(root=mini_data_dir())[:12]
 
 
 def test_cache_root_comes_from_environment(monkeypatch, tmp_path):
@@ -70,7 +65,7 @@ def test_second_build_is_instant_and_changed_examples_rebuild(tmp_path, text_enc
 def test_pictures_are_cached_and_a_corrupt_one_is_marked_absent(tmp_path, text_encoder, image_encoder):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 definitely not a jpeg")
-    examples = load_mvsa("dev")[:3]
+    examples = load_mvsa("dev", root=mini_data_dir())[:3]
     examples.append(dataclasses.replace(examples[0], id="broken", image_path=corrupt))
     cache = FeatureCache(tmp_path / "cache")
     cache.build_text(text_encoder, "mvsa", "dev", examples)
@@ -118,7 +113,8 @@ def test_text_only_split_serves_no_images(tmp_path, text_encoder, val_examples):
         CachedFeatureDataset(cache, "mvsa", "train")
 
 
-def test_command_line_builds_a_small_split(tmp_path, capsys):
+def test_command_line_builds_a_small_split(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SENTISTREAM_DATA_DIR", str(mini_data_dir()))
     assert main(["build", "--dataset", "tweeteval", "--limit", "6", "--cache-dir", str(tmp_path)]) == 0
     meta = json.loads((tmp_path / "text" / "minilm-l6" / "tweeteval-val" / "meta.json").read_text())
     assert meta["count"] == 6 and meta["layers"] == [4, 6] and meta["texts_per_second"] > 0

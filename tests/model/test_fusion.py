@@ -6,7 +6,7 @@ import torch
 from model.config import ModelConfig
 from model.fusion import ContextNorm, build_fusion
 from model.network import SentimentNet
-from tests.model.real_features import data_available, tiny_real_batch
+from tests.model.real_features import tiny_real_batch
 
 torch.set_num_threads(2)
 
@@ -83,10 +83,9 @@ def test_context_norm_l2_and_masked_batch_norm():
     assert single.shape == (1, 16) and torch.isfinite(single).all()
 
 
-@pytest.mark.skipif(not data_available(), reason="shared data folder not present")
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_each_fusion_learns_a_tiny_real_subset(fusion):
-    """36 real MVSA tweets (half with their picture): 30 AdamW steps must cut the loss clearly.
+    """36 shipped tweets (half with their picture): 30 AdamW steps must cut the loss clearly.
 
     A narrow network (same structure, fewer units) keeps this cheap on a shared 2-core CPU."""
     torch.manual_seed(0)

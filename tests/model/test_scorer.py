@@ -12,12 +12,10 @@ from model.data import load_mvsa
 from model.labels import LABELS
 from model.network import SentimentNet
 from model.scorer import PreparedBatch, ScoreInput, Scorer
-from tests.model.real_features import data_available, encoders, tiny_real_batch
+from tests.fixtures.mini_data import mini_data_dir
+from tests.model.real_features import encoders, tiny_real_batch
 
 torch.set_num_threads(2)
-
-pytestmark = pytest.mark.skipif(not data_available(), reason="shared data folder not present")
-
 
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory) -> Scorer:
@@ -38,14 +36,14 @@ def scorer(tmp_path_factory) -> Scorer:
 
 @pytest.fixture(scope="module")
 def picture() -> Image.Image:
-    with Image.open(load_mvsa("dev")[0].image_path) as image:
+    with Image.open(load_mvsa("dev", root=mini_data_dir())[0].image_path) as image:
         return image.convert("RGB")
 
 
 @pytest.fixture(scope="module")
 def truncated_picture() -> Image.Image:
     """A JPEG cut in half: it opens (header fine) but fails when decoded, as broken downloads do."""
-    path = load_mvsa("dev")[1].image_path
+    path = load_mvsa("dev", root=mini_data_dir())[1].image_path
     raw = path.read_bytes()
     return Image.open(io.BytesIO(raw[: len(raw) // 2]))
 

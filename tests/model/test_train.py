@@ -10,15 +10,14 @@ from model import checkpoint
 from model import train as training
 from model.config import ModelConfig
 from model.network import SentimentNet
-from tests.model.real_features import data_available, encoders, tiny_real_items
+from tests.fixtures.mini_data import mini_data_dir
+from tests.model.real_features import encoders, tiny_real_items
 
 torch.set_num_threads(2)
 
 SMALL = {"cnn_filters": 32, "text_hidden": 64, "visual_hidden": 32, "fusion_dim": 128, "head_dim": 64,
          "attention_dim": 32}
 """Same structure, fewer units: keeps fit() tests cheap on a shared 2-core CPU."""
-
-needs_data = pytest.mark.skipif(not data_available(), reason="shared data folder not present")
 
 
 def test_length_buckets_cover_every_item_once_in_similar_length_batches():
@@ -59,7 +58,6 @@ def test_class_weights():
     assert training.class_weights_for(labels, "none") is None
 
 
-@needs_data
 def test_encoder_top_reproduces_the_encoder_and_gets_layerwise_learning_rates():
     from model.encoder_top import EncoderTop
 
@@ -86,7 +84,6 @@ def test_encoder_top_reproduces_the_encoder_and_gets_layerwise_learning_rates():
     assert in_groups == sum(p.numel() for p in net.parameters())  # every parameter exactly once
 
 
-@needs_data
 def test_fit_keeps_the_best_epoch_and_returns_predictions_in_dataset_order():
     items = list(tiny_real_items())
     train_items, val_items = items[::2] + items[1::4], items[1::2]
@@ -108,7 +105,6 @@ def test_fit_keeps_the_best_epoch_and_returns_predictions_in_dataset_order():
                                                     "intensity_mae_proxy", "intensity_ccc_proxy"}
 
 
-@needs_data
 def test_training_loss_falls_and_early_stopping_stops():
     items = list(tiny_real_items())
     args = training.default_fit_args(epochs=8, batch_size=12, lr=2e-3, warmup_steps=1, log_dir=None,
@@ -123,9 +119,11 @@ def test_training_loss_falls_and_early_stopping_stops():
     assert stopped.best_epoch == 1
 
 
-@needs_data
-def test_train_command_end_to_end(tmp_path, capsys):
-    """Tiny feature caches built by model.features, then the real command: 2 seeds, a checkpoint, TensorBoard."""
+def test_train_command_end_to_end(tmp_path, capsys, monkeypatch):
+    """Tiny feature caches built by model.features, then the real command: 2 seeds, a checkpoint, TensorBoard.
+
+    Over the miniature data folder, so it runs on a fresh clone."""
+    monkeypatch.setenv("SENTISTREAM_DATA_DIR", str(mini_data_dir()))
     from model import features
     from model.scorer import ScoreInput, Scorer
 
