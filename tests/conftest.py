@@ -4,6 +4,8 @@
 * ``configured``: a server given by SENTISTREAM_TEST_DATABASE_URL (CI sets it to this machine's
   PostgreSQL on 127.0.0.1:5432).  Without the variable, the local server is tried and the configured
   variant is skipped if it is not there; with the variable set, an unreachable server is a failure.
+  ``SENTISTREAM_TEST_DATABASE_URL=none`` runs the embedded back end only, as on a machine without
+  PostgreSQL (every database test still runs, on the embedded server).
 
 Each test gets a throwaway database, created and dropped here, so tests never see each other's rows.
 """
@@ -69,6 +71,8 @@ def embedded_postgres() -> Iterator[EmbeddedPostgres]:
 
 def _configured_url() -> str | None:
     url = os.environ.get("SENTISTREAM_TEST_DATABASE_URL")
+    if url and url.strip().lower() == "none":
+        return None
     if url:
         return url
     try:
@@ -85,7 +89,8 @@ def pg_server(request: pytest.FixtureRequest) -> str:
         return request.getfixturevalue("embedded_postgres").sqlalchemy_url("postgres")
     url = _configured_url()
     if url is None:
-        pytest.skip("no configured PostgreSQL (set SENTISTREAM_TEST_DATABASE_URL)")
+        pytest.skip("configured back end: no PostgreSQL configured or on 127.0.0.1:5432 (set "
+                    "SENTISTREAM_TEST_DATABASE_URL); the embedded variant of this test runs")
     return to_sqlalchemy_url(url)
 
 

@@ -1,10 +1,9 @@
-"""bench/sink.py runs end to end on the configured PostgreSQL and appends a complete entry."""
+"""bench/sink.py runs end to end on the configured PostgreSQL (its own embedded one when none is configured)
+and appends a complete entry."""
 
 from __future__ import annotations
 
 import re
-
-import pytest
 
 from bench import sink
 from tests.conftest import _configured_url
@@ -12,11 +11,12 @@ from tests.conftest import _configured_url
 
 def test_sink_bench_writes_an_entry_with_every_method(tmp_path) -> None:
     server = _configured_url()
-    if server is None:
-        pytest.skip("no configured PostgreSQL (set SENTISTREAM_TEST_DATABASE_URL)")
+    backend = "embedded" if server is None else "configured"
     results = tmp_path / "RESULTS.md"
     argv = ["--rows", "60", "--repeats", "1", "--batch-sizes", "25", "--per-row-commit-rows", "10",
-            "--database-url", server, "--results-file", str(results)]
+            "--backend", backend, "--results-file", str(results)]
+    if server is not None:
+        argv += ["--database-url", server]
 
     assert sink.main(argv) == 0
 
@@ -24,7 +24,7 @@ def test_sink_bench_writes_an_entry_with_every_method(tmp_path) -> None:
     assert text.startswith("# Benchmark results")
     assert "- command: `.venv/bin/python -m bench.sink --rows 60" in text
     assert "load average (1/5/15 min) at start:" in text
-    rows = [line for line in text.splitlines() if line.startswith("| configured |")]
+    rows = [line for line in text.splitlines() if line.startswith(f"| {backend} |")]
     # 2 cases x (sink batch + per-row same commits + per-row commit per row)
     assert len(rows) == 6
     for row in rows:
@@ -39,22 +39,18 @@ def test_sink_bench_writes_an_entry_with_every_method(tmp_path) -> None:
     assert text.count("# Benchmark results") == 1 and text.count("## bench/sink.py") == 2
 
 
-def test_sink_bench_writes_the_same_rows_as_the_real_sink(tmp_path) -> None:
+def test_sink_bench_writes_the_same_rows_as_the_real_sink(tmp_path, pg_server: str) -> None:
     """The per-row baseline must write what PostgresSink.write writes, or the comparison is unfair."""
-    server = _configured_url()
-    if server is None:
-        pytest.skip("no configured PostgreSQL (set SENTISTREAM_TEST_DATABASE_URL)")
     from sqlalchemy import text
 
     from bench.databases import throwaway_database
-    from stream.embedded import to_sqlalchemy_url
     from stream.migrate import make_engine
 
     records = sink.make_records(30)
     snapshot = ("SELECT string_agg(concat_ws('/', p.post_id, p.text, p.topic, s.label, s.p_negative, "
                 "s.intensity, s.modality_weights::text, m.url, m.status), ',' ORDER BY p.post_id) "
                 "FROM posts p JOIN sentiments s ON s.post_pk = p.id LEFT JOIN post_media m ON m.post_pk = p.id")
-    with throwaway_database(to_sqlalchemy_url(server)) as url:
+    with throwaway_database(pg_server) as url:
         engine = make_engine(url)
         try:
             sink.write_with_sink(engine, records, 7)

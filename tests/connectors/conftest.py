@@ -76,16 +76,12 @@ def sample_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def cursor_db() -> Iterator[str]:
-    """A throwaway, migrated database on the configured PostgreSQL (127.0.0.1:5432), dropped afterwards."""
-    from stream.embedded import to_sqlalchemy_url
+def cursor_db(pg_server: str) -> Iterator[str]:
+    """A throwaway, migrated database on each back end (tests/conftest.py ``pg_server``), dropped afterwards."""
     from stream.migrate import upgrade
-    from tests.conftest import _configured_url, create_database, drop_database
+    from tests.conftest import create_database, drop_database
 
-    server = _configured_url()
-    if server is None:
-        pytest.skip("no configured PostgreSQL (set SENTISTREAM_TEST_DATABASE_URL)")
-    url = create_database(to_sqlalchemy_url(server), prefix="conn")
+    url = create_database(pg_server, prefix="conn")
     try:
         upgrade(url)
         yield url

@@ -1,7 +1,9 @@
-"""One migrated throwaway database per test module on the configured PostgreSQL (127.0.0.1:5432).
+"""One migrated throwaway database per test module and back end (embedded, and configured when there is one).
 
 Module-scoped because these tests only need tables, not a fresh server; each test truncates what it
-wrote.  The per-test, both-back-ends fixtures live in tests/conftest.py.
+wrote.  The back ends come from tests/conftest.py's ``pg_server``: the embedded server always (so a
+fresh clone with no PostgreSQL runs these tests), the configured one when SENTISTREAM_TEST_DATABASE_URL
+is set or a server answers on 127.0.0.1:5432.
 """
 
 from __future__ import annotations
@@ -12,20 +14,16 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from stream.embedded import to_sqlalchemy_url
-from tests.conftest import _configured_url, create_database, drop_database
+from tests.conftest import create_database, drop_database
 
 TABLES = "alerts, window_aggregates, sentiments, post_media, posts"
 
 
 @pytest.fixture(scope="module", name="s4_engine")
-def s4_engine_fixture() -> Iterator[Engine]:
-    server = _configured_url()
-    if server is None:
-        pytest.skip("no configured PostgreSQL (set SENTISTREAM_TEST_DATABASE_URL)")
+def s4_engine_fixture(pg_server: str) -> Iterator[Engine]:
     from stream.migrate import upgrade
 
-    url = create_database(to_sqlalchemy_url(server), prefix="s4")
+    url = create_database(pg_server, prefix="s4")
     try:
         upgrade(url)
         eng = create_engine(url)
