@@ -18,10 +18,8 @@ checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import html
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,58 +411,11 @@ def _sample_dataset(name: str, size: int, seed: int) -> list[data.Example]:
 # ---------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``sentistream model explain`` (registered by ``model.cli``)."""
-    parser.add_argument("--text", default=None, help="the post text to explain")
-    parser.add_argument("--image", type=Path, default=None, help="the post's picture (Grad-CAM)")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint .pt (default: packaged one)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--filters", action="store_true", help="also write filters.md: top n-grams per CNN filter")
-    parser.add_argument(
-        "--filters-dataset", choices=("tweeteval-val", "mvsa-dev", "mvsa-train"), default="tweeteval-val"
-    )
-    parser.add_argument("--sample", type=int, default=500, help="posts sampled for --filters")
-    parser.add_argument("--top-k", type=int, default=5, help="n-grams kept per filter")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write the requested explanations under ``--out`` and list the files on stdout."""
-    if args.text is None and not args.filters:
-        sys.stderr.write("nothing to explain: give --text (and optionally --image) and/or --filters\n")
-        return 2
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    explainer = Explainer.from_checkpoint(args.checkpoint)
-    written: list[Path] = []
-    if args.text is not None:
-        image = None
-        if args.image is not None:
-            with Image.open(args.image) as opened:
-                image = opened.convert("RGB")
-        explanation = explain_post(explainer, args.text, image)
-        written += write_post_explanation(explanation, args.text, args.out)
-        probabilities = ", ".join(f"{k} {v:.2f}" for k, v in explanation.probabilities.items())
-        sys.stdout.write(f"prediction: {explanation.label} ({probabilities})\n")
-    if args.filters:
-        sample = _sample_dataset(args.filters_dataset, args.sample, args.seed)
-        results = filter_ngrams(
-            explainer, [e.text for e in sample], [e.label for e in sample], top_k=args.top_k
-        )
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "filters.md"
-        path.write_text(filters_markdown(results, args.filters_dataset, len(sample)), encoding="utf-8")
-        written.append(path)
-    for path in written:
-        sys.stdout.write(f"wrote {path}\n")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m model.explain`` without the sentistream CLI."""
-    parser = argparse.ArgumentParser(prog="sentistream model explain", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
+    """``python -m model.explain``: the same command as ``sentistream model explain``."""
+    from model.explain_command import main as explain_command_main
+
+    return explain_command_main(argv)
 
 
 if __name__ == "__main__":
