@@ -26,6 +26,7 @@ from connectors.base import AuthError, BackoffPolicy, ConfigError, Connector
 from connectors.broker import BrokerTarget
 from connectors.credentials import Credentials, MissingCredentialError
 from connectors.cursor import CursorStoreError, PostgresCursorStore
+from connectors.platform_access import PLATFORM_ACCESS
 from connectors.publisher import KafkaPublisher, PublishError
 from connectors.topics import TopicsConfig, TopicsConfigError, load_topics
 
@@ -63,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction, resolve_services: ResolveSe
     p.set_defaults(func=lambda args, *rest: cmd_replay(args, resolve_services, rest[0] if rest else None))
 
     for platform in PLATFORMS:
-        p = sources.add_parser(platform, help=f"{platform} connector (long-running; stops on SIGTERM)")
+        p = sources.add_parser(platform, help=f"{platform} connector (long-running; stops on SIGTERM)",
+                               epilog=PLATFORM_ACCESS[platform].help_epilog(),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--topics", type=Path, required=True, help="topics config (YAML or TOML)")
         p.add_argument("--secrets-file", type=Path, default=None,
                        help="KEY=VALUE file with credentials (the environment wins)")
@@ -72,8 +75,9 @@ def register(subparsers: argparse._SubParsersAction, resolve_services: ResolveSe
         p.add_argument("--poll-interval", type=float, default=None, help="seconds between polls (polling sources)")
         p.add_argument("--api-url", default=None, help="API base URL (for a proxy or a test server)")
         if platform == "twitter":
-            p.add_argument("--mode", choices=["stream", "search"], default="stream",
-                           help="filtered stream (Pro access) or recent-search polling")
+            p.add_argument("--mode", choices=["search", "stream"], default="search",
+                           help="search (default): recent-search polling, works on the Basic tier; "
+                                "stream: the filtered stream, needs the Pro tier")
         if platform == "mastodon":
             p.add_argument("--instance", default=None, help="instance URL (default env MASTODON_INSTANCE)")
             p.add_argument("--local", action="store_true", help="the instance's local timeline only")

@@ -1,4 +1,8 @@
-"""X/Twitter API v2: the filtered stream with rule management, and recent-search polling with since_id.
+"""X/Twitter API v2: recent-search polling with since_id (default), and the filtered stream with rules.
+
+Why search is the default: recent search works from the Basic tier up, the filtered stream needs Pro
+(connectors/platform_access.py).  A new user with a Basic key gets posts instead of a 403; a Pro user
+opts in with ``--mode stream`` for lower latency.
 
 * Stream mode: the topics become stream rules tagged ``sentistream:<topic>`` (ours are added/removed
   to match the config; rules with other tags are left alone).  ``GET /2/tweets/search/stream`` is read
@@ -67,7 +71,7 @@ class TwitterConnector(Connector):
     platform = "twitter"
     network_errors = NETWORK_ERRORS
 
-    def __init__(self, *args: Any, bearer_token: Secret, mode: str = "stream", api_url: str = API_URL,
+    def __init__(self, *args: Any, bearer_token: Secret, mode: str = "search", api_url: str = API_URL,
                  read_timeout_s: float = 30.0, max_search_pages: int = 50, sync_rules: bool = True,
                  **kwargs: Any) -> None:
         kwargs.setdefault("poll_interval_s", 15.0)  # recent search: 450 requests / 15 min (app auth)

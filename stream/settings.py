@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # 0 = torch's default; 1 wins when cores are shared (bench/RESULTS.md)
     batch_size: int = 64
     batch_latency_ms: int = 200
+    topics_file: Path | None = None  # topics YAML/TOML whose per-topic `languages` the worker scores; None = English only (stream/language.py)
     model_failures_unhealthy: int = 3  # consecutive batches in which the model scored nothing before /health says the model is down
 
     # Media fetching (untrusted URLs).

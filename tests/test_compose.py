@@ -291,3 +291,87 @@ def test_worker_can_scale(services: dict[str, dict[str, Any]]) -> None:
     assert "container_name" not in worker and "ports" not in worker
     healthcheck = " ".join(worker["healthcheck"]["test"])
     assert "SENTISTREAM_WEB_PORT" in healthcheck and str(Settings().web_port) in healthcheck
+
+
+# --- docker-compose.yml: live connectors, their credentials and the topics file -------------------------
+
+
+def _connector_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """platform -> the compose service running `sentistream ingest <platform>`."""
+    from connectors.cli import PLATFORMS
+
+    found: dict[str, dict[str, Any]] = {}
+    for service in app_services(services).values():
+        command = service.get("command") or []
+        if command[:1] == ["ingest"] and len(command) > 1 and command[1] in PLATFORMS:
+            assert command[1] not in found, f"two services run `ingest {command[1]}`"
+            found[command[1]] = service
+    return found
+
+
+def _mounted_source(service: dict[str, Any], container_path: str) -> str:
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if Path(container_path).is_relative_to(target):
+            return str(Path(source) / Path(container_path).relative_to(target))
+    raise AssertionError(f"{container_path} is not inside any volume of the service")
+
+
+def test_every_platform_has_a_connector_service_behind_its_own_profile(services: dict[str, dict[str, Any]]) -> None:
+    from connectors.cli import PLATFORMS
+
+    connectors = _connector_services(services)
+    assert sorted(connectors) == sorted(PLATFORMS)
+    for platform, service in connectors.items():
+        assert service.get("profiles") == [platform], f"{platform}: must not start with a plain `up`"
+        assert service.get("restart") == "unless-stopped", platform
+        for step in ("kafka-init", "migrate"):
+            assert service["depends_on"][step]["condition"] == "service_completed_successfully", platform
+
+
+def test_connectors_get_their_credentials_from_the_secret_file(services: dict[str, dict[str, Any]],
+                                                                compose: dict[str, Any]) -> None:
+    from connectors.platform_access import PLATFORM_ACCESS, credential_names
+
+    secrets = compose.get("secrets") or {}
+    for platform, service in _connector_services(services).items():
+        command = service["command"]
+        if not PLATFORM_ACCESS[platform].variables:
+            assert "--secrets-file" not in command and not service.get("secrets"), f"{platform} needs no secret"
+            continue
+        path = command[command.index("--secrets-file") + 1]
+        assert path.startswith("/run/secrets/"), f"{platform}: --secrets-file must be a Docker secret"
+        name = path.removeprefix("/run/secrets/")
+        assert name in (service.get("secrets") or []), f"{platform} does not mount the secret {name}"
+        source = Path(secrets[name]["file"])
+        assert not source.is_absolute() and source.parts[0] == "secrets", source
+        # The secret file is never committed: git ignores it (secrets/.gitignore) and Docker's context skips it.
+        ignore = (ROOT / "secrets" / ".gitignore").read_text().splitlines()
+        assert "*" in ignore and f"!{source.name}" not in ignore
+        assert "secrets" in (ROOT / ".dockerignore").read_text().splitlines()
+        # Values in .env still reach the connector (and win over the file): env_file is the same .env.
+        assert any(entry.get("path") == ".env" for entry in service["env_file"]), platform
+    for name, service in app_services(services).items():
+        leaked = credential_names() & set(environment_of(service))
+        assert not leaked, f"{name} puts credentials in its environment block: {sorted(leaked)}"
+        if name not in {f"ingest-{p}" for p in _connector_services(services)}:
+            assert not service.get("secrets"), f"{name} is not a connector and must not mount platform secrets"
+
+
+def test_env_example_lists_every_credential_empty(env_example: dict[str, str]) -> None:
+    from connectors.platform_access import credential_names
+
+    for name in credential_names():
+        assert env_example.get(name) == "", f"{name} must be listed in .env.example, empty"
+
+
+def test_connectors_and_worker_read_the_same_topics_file(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    topics_in_worker = Settings.from_env(environment_of(worker)).topics_file
+    assert topics_in_worker is not None, "the worker must get SENTISTREAM_TOPICS_FILE (per-topic languages)"
+    worker_source = _mounted_source(worker, str(topics_in_worker))
+    assert (ROOT / worker_source).is_file(), worker_source
+    for platform, service in _connector_services(services).items():
+        command = service["command"]
+        topics = command[command.index("--topics") + 1]
+        assert _mounted_source(service, topics) == worker_source, platform

@@ -54,7 +54,8 @@ def message(data: dict[str, Any], topic: str = "skyways", media: list[dict[str, 
 
 def _connector(server: FakeServer, publisher: KafkaPublisher, store: InMemoryCursorStore, **kw: Any) -> TwitterConnector:
     return TwitterConnector(publisher, store, TOPICS, bearer_token=Secret(TOKEN), api_url=server.url,
-                            backoff=kw.pop("backoff", FAST), read_timeout_s=kw.pop("read_timeout_s", 5), **kw)
+                            backoff=kw.pop("backoff", FAST), read_timeout_s=kw.pop("read_timeout_s", 5),
+                            mode=kw.pop("mode", "stream"), **kw)
 
 
 def test_stream_survives_faults_and_publishes_each_tweet_once(broker_target: BrokerTarget, topic: str) -> None:
