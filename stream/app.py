@@ -24,6 +24,7 @@ from faust.types import TP
 
 from connectors.broker import BrokerTarget, ensure_topics, faust_broker_settings
 from stream import metrics
+from stream.broker_epochs import reset_stale_partitions
 from stream.metrics import HealthState
 from stream.pipeline import BatchProcessor, RawMessage, unscored_label
 from stream.settings import Settings
@@ -43,6 +44,7 @@ class WorkerState:
     posts_written: int = 0
     dead_letters: int = 0
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    broker_epoch_resets: int = 0
 
 
 ProcessorFactory = Any  # Callable[[faust.App, WorkerState], Awaitable[BatchProcessor]]
@@ -118,6 +120,18 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
             for e in events:
                 await stream.ack(e)
             _record(app, state, messages, report)
+
+    @app.timer(settings.epoch_check_interval_s)
+    async def watch_broker_epochs() -> None:
+        """A broker that restarted with a new log: re-read it instead of skipping its first offsets."""
+        consumer = app.consumer
+        try:
+            assigned = [tp for tp in consumer.assignment() if tp.topic == settings.topic_raw]
+        except Exception:  # noqa: BLE001 - consumer not started yet
+            return
+        for stale in await reset_stale_partitions(consumer, assigned):
+            state.broker_epoch_resets += 1
+            state.next_offsets.pop((stale.tp.topic, stale.tp.partition), None)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     log_level: str = "info"
+    epoch_check_interval_s: float = 1.0  # how often the worker checks for a partition whose position is beyond the log end (a restarted broker) and re-reads it
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
