@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -37,7 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from prometheus_client import Counter
+from tenacity.wait import wait_base
 
+from connectors import backoff
 from connectors.cursor import CursorStore, CursorStoreError
 from connectors.post import Post, PostDecodeError
 from connectors.publisher import PostPublisher
@@ -108,13 +109,15 @@ class Retry:
     step_s: float = 0.0
     factor: float = 2.0
 
+    def strategy(self) -> wait_base:
+        """This schedule as a tenacity wait strategy."""
+        if self.mode == "linear":
+            return backoff.linear(self.initial_s, self.step_s, self.max_s)
+        return backoff.exponential(self.initial_s, self.max_s, self.factor)
+
     def delay(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (0-based), before jitter."""
-        if self.mode == "linear":
-            value = self.initial_s + self.step_s * attempt
-        else:
-            value = self.initial_s * self.factor ** min(attempt, 32)
-        return min(self.max_s, value)
+        return backoff.wait_before(self.strategy(), attempt)
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,7 @@ class BackoffPolicy:
         return {"network": self.network, "http": self.http, "rate_limit": self.rate_limit}[kind]
 
     def wait_s(self, kind: str, attempt: int) -> float:
-        base = self.schedule(kind).delay(attempt)
-        return self.clamp(random.uniform(base * (1.0 - self.jitter), base))
+        return self.clamp(backoff.jittered_below(self.schedule(kind).delay(attempt), self.jitter))
 
     def clamp(self, seconds: float) -> float:
         seconds = max(0.0, seconds)

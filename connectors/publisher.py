@@ -19,7 +19,6 @@ connector reading instead of growing memory without bound.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -29,13 +28,16 @@ from typing import Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
+from connectors import backoff
 from connectors.broker import BrokerTarget, kafka_python_producer_config
 from connectors.post import Post
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "posts.raw"
+FAILURE_REPORT_INTERVAL_S = 10.0  # at most one "deliveries failed" warning per this period
 
 
 class PostPublisher(Protocol):
@@ -86,7 +88,7 @@ class KafkaPublisher:
         self.topic = topic
         self.max_unacked = max_unacked
         self.flush_timeout_s = flush_timeout_s
-        self._backoff_min, self._backoff_max = resend_backoff_s
+        self._backoff_schedule = backoff.exponential(*resend_backoff_s)
         self._config = kafka_python_producer_config(target)
         # A broker that answers but is slow or unreachable must surface as a failed future we can
         # resend, not as a send() that blocks the connector for the kafka-python default of 60 s.
@@ -103,6 +105,9 @@ class KafkaPublisher:
         self._failures_in_row = 0
         self._closed = False
         self._generation = 0  # bumped when the producer is replaced; late errors of the old one are ignored
+        self._failures_unreported = 0  # failed deliveries not yet in a warning (aggregated, see _report_failures)
+        self._failures_reported_at: float | None = None
+        self._last_failure = ""
         self.stats = PublisherStats()
         self._producer: KafkaProducer | None = None
         self._producer = self._connect(deadline=time.monotonic() + flush_timeout_s)
@@ -134,6 +139,7 @@ class KafkaPublisher:
         try:
             self.flush(timeout_s)
         finally:
+            self._report_failures(force=True)
             self._closed = True
             producer, self._producer = self._producer, None
             if producer is not None:
@@ -185,8 +191,31 @@ class KafkaPublisher:
             self._failures_in_row += 1
             if not retriable:
                 self._replace_producer = True
-        log.warning("delivery of %s failed (%s: %s); will resend", self._unacked_key(seq),
-                    type(exc).__name__, exc)
+        self._note_failure(self._unacked_key(seq), exc)
+
+    def _note_failure(self, key: str, exc: BaseException) -> None:
+        """Count a failed delivery; the warning is aggregated (see ``_report_failures``)."""
+        with self._lock:
+            self._failures_unreported += 1
+            self._last_failure = f"{key}: {type(exc).__name__}: {exc}"
+        self._report_failures()
+
+    def _report_failures(self, force: bool = False) -> None:
+        """One warning per ``FAILURE_REPORT_INTERVAL_S`` with the number of failed deliveries, not one per
+        post: with the broker down every held post fails on every resend, which would flood the log."""
+        now = time.monotonic()
+        with self._lock:
+            count = self._failures_unreported
+            if count == 0 or (not force and self._failures_reported_at is not None
+                              and now - self._failures_reported_at < FAILURE_REPORT_INTERVAL_S):
+                return
+            since = None if self._failures_reported_at is None else now - self._failures_reported_at
+            self._failures_unreported = 0
+            self._failures_reported_at = now
+            last = self._last_failure
+            held = len(self._unacked)
+        window = f"in the last {since:.0f}s" if since is not None else "so far"
+        log.warning("%d post deliveries failed %s (last %s); %d posts held, will resend", count, window, last, held)
 
     def _requeue(self, seq: int) -> None:
         with self._lock:
@@ -199,13 +228,15 @@ class KafkaPublisher:
         return item.key.decode("utf-8", "replace") if item else "?"
 
     def _backoff_s(self) -> float:
+        """Pause before the next resend round (or connect try): doubling with the failures in a row,
+        drawn from the upper half so publishers that failed together do not return together."""
         with self._lock:
             n = self._failures_in_row
-        ceiling = min(self._backoff_max, self._backoff_min * 2 ** min(n, 16))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff.jittered_below(backoff.wait_before(self._backoff_schedule, n), 0.5)
 
     def _service(self) -> None:
         """Replace a broken producer and resend failed posts, at most once per backoff period."""
+        self._report_failures()
         with self._lock:
             pending = bool(self._resend) or self._replace_producer
         if not pending or time.monotonic() < self._next_resend_at:
@@ -248,16 +279,25 @@ class KafkaPublisher:
 
     def _connect(self, deadline: float) -> KafkaProducer:
         """First connection: retry with backoff until the deadline (the broker may still be starting)."""
-        while True:
-            try:
-                return self._new_producer()
-            except KafkaError as exc:
-                if time.monotonic() >= deadline:
-                    raise PublishError(f"Kafka at {self.target.bootstrap_servers} is unreachable: {exc}") from exc
-                log.warning("Kafka at %s is unreachable (%s); retrying", self.target.bootstrap_servers, exc)
-                with self._lock:
-                    self._failures_in_row += 1
-                time.sleep(self._backoff_s())
+
+        def count_failure(state: RetryCallState) -> None:
+            with self._lock:
+                self._failures_in_row += 1
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning("Kafka at %s is unreachable (%s); retrying in %.1fs",
+                        self.target.bootstrap_servers, exc, delay)
+
+        retrying = Retrying(retry=retry_if_exception_type(KafkaError),
+                            stop=lambda state: time.monotonic() >= deadline,
+                            wait=lambda state: self._backoff_s(),
+                            after=count_failure, before_sleep=log_retry, reraise=True)
+        try:
+            return retrying(self._new_producer)
+        except KafkaError as exc:
+            raise PublishError(f"Kafka at {self.target.bootstrap_servers} is unreachable: {exc}") from exc
 
     def _drain(self, target: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

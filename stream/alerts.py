@@ -27,11 +27,9 @@ instead of alerting again (the alerts table is unique on topic, kind, window).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +40,8 @@ import aiohttp
 from sqlalchemy import Integer, Text, and_, column, func, select, true, tuple_, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_base, wait_exponential, wait_random
 
 from stream.db import AlertRow, PostRow, SentimentRow, WindowAggregateRow
 from stream.settings import Settings
@@ -454,11 +454,38 @@ def slack_payload(alert: SpikeAlert, examples: Sequence[dict[str, Any]] = ()) ->
     return {"text": alert.summary(), "blocks": blocks}
 
 
+class _DeliveryFailed(Exception):
+    """One webhook attempt that may succeed later (network error, 5xx, 429 with its Retry-After)."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+class _DeliveryRejected(Exception):
+    """The webhook refused the request (4xx other than 429): the payload or URL is wrong, retrying won't help."""
+
+
+class _RetryAfterOr(wait_base):
+    """The wait a 429's Retry-After asked for (capped), else the fallback schedule's."""
+
+    def __init__(self, fallback: wait_base, cap_s: float) -> None:
+        self.fallback = fallback
+        self.cap_s = cap_s
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, _DeliveryFailed) and exc.retry_after_s is not None:
+            return min(exc.retry_after_s, self.cap_s)
+        return self.fallback(retry_state)
+
+
 class AlertNotifier:
     """POST alerts to an optional Slack-compatible webhook, retrying 5xx/429/network errors with backoff.
 
     The webhook URL comes from the operator's settings, not from posts, so it is not SSRF-filtered.
-    ``notify`` never raises; it returns the status to store in ``alerts.webhook_status``.
+    ``notify`` never raises; it returns the status to store in ``alerts.webhook_status`` and logs the
+    outcome once (INFO when sent, WARNING when it gave up), with the alert's key; retries log at DEBUG.
     """
 
     def __init__(self, webhook_url: str | None, *, attempts: int = 4, backoff_s: float = 0.5,
@@ -473,25 +500,45 @@ class AlertNotifier:
         if not self.webhook_url:
             return "disabled"
         payload = slack_payload(alert, examples)
-        last = "not attempted"
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            logger.debug("alert webhook attempt %d for %s failed (%s); retrying in %.1fs",
+                         state.attempt_number, alert.key, exc, delay)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_DeliveryFailed),
+            stop=stop_after_attempt(max(1, self.attempts)),
+            wait=_RetryAfterOr(wait_exponential(multiplier=self.backoff_s, max=self.max_retry_after_s)
+                               + wait_random(0, self.backoff_s), self.max_retry_after_s),
+            before_sleep=log_retry,
+            reraise=True,
+        )
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
-            for attempt in range(self.attempts):
-                delay = self.backoff_s * 2 ** attempt * (0.5 + random.random())
-                try:
-                    async with session.post(self.webhook_url, json=payload) as resp:
-                        body = (await resp.text())[:200]
-                        if 200 <= resp.status < 300:
-                            return "sent"
-                        last = f"HTTP {resp.status}: {body}"
-                        if resp.status != 429 and resp.status < 500:
-                            break  # the payload or URL is wrong: retrying will not help
-                        retry_after = resp.headers.get("Retry-After", "")
-                        if retry_after.isdigit():
-                            delay = min(float(retry_after), self.max_retry_after_s)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                if attempt + 1 < self.attempts:
-                    logger.warning("alert webhook attempt %d failed (%s); retrying in %.1fs", attempt + 1, last, delay)
-                    await asyncio.sleep(delay)
-        logger.error("alert webhook gave up for %s: %s", alert.key, last)
+            try:
+                await retrying(self._post_once, session, self.webhook_url, payload)
+            except (_DeliveryFailed, _DeliveryRejected) as exc:
+                last = str(exc)
+            else:
+                logger.info("alert %s sent to the webhook (attempt %d)", alert.key,
+                            retrying.statistics.get("attempt_number", 1))
+                return "sent"
+        logger.warning("alert webhook gave up on %s after %d attempt(s): %s", alert.key,
+                       retrying.statistics.get("attempt_number", 1), last)
         return f"failed: {last}"[:500]
+
+    @staticmethod
+    async def _post_once(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> None:
+        try:
+            async with session.post(url, json=payload) as resp:
+                body = (await resp.text())[:200]
+                if 200 <= resp.status < 300:
+                    return
+                reason = f"HTTP {resp.status}: {body}"
+                if resp.status != 429 and resp.status < 500:
+                    raise _DeliveryRejected(reason)
+                retry_after = resp.headers.get("Retry-After", "")
+                raise _DeliveryFailed(reason, float(retry_after) if retry_after.isdigit() else None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
