@@ -1,8 +1,12 @@
 """JSONL replay: feed recorded posts back into the pipeline, for demos, load tests and backfills.
 
-Each line is one normalized :class:`~connectors.post.Post` as JSON.  A bad line is reported with its
-line number and skipped; it never stops the run, because a backfill of a million lines should not die on
-line 700 000.  Pacing is optional and composable:
+Each line is one normalized :class:`~connectors.post.Post` as JSON.  A bad line (not a post, or one too
+large for a Kafka record) never stops the run, because a backfill of a million lines should not die on
+line 700 000, and it is not lost either: it goes to a rejects file, one JSON object per bad line with its
+line number, the reason and the line itself (``{"line": 7, "reason": "...", "raw": "..."}``), so it
+can be fixed and replayed.  Rejects are kept on the replaying side rather than sent to the worker's
+dead-letter topic because a line that is not a post has no post key to partition by, and the publisher
+only carries posts.  Pacing is optional and composable:
 
 * ``rate`` — at most N posts per second (a load test at a known throughput);
 * ``speedup`` — keep the original gaps between ``created_at`` timestamps, divided by X (a realistic,
@@ -11,6 +15,8 @@ line 700 000.  Pacing is optional and composable:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
 import threading
@@ -18,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 from connectors.post import Post, PostDecodeError
 from connectors.publisher import PostPublisher
@@ -26,6 +33,11 @@ log = logging.getLogger(__name__)
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h))?\s*$")
 _PER = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+# kafka-python refuses a request over max_request_size (1 MiB by default), record overhead included; a
+# post over this is rejected here with the reason instead of being retried by the publisher forever.
+MAX_RECORD_BYTES = 1_000_000
+
+Reject = Callable[[int, bytes | str, str], None]
 
 
 @dataclass
@@ -35,6 +47,45 @@ class ReplayReport:
     sent: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)
     stopped_early: bool = False
+    rejects_path: Path | None = None  # where the skipped lines were written, when there were any
+
+
+class RejectsFile:
+    """Bad lines of a replay, one JSON object each: line number, reason and the line as text.
+
+    The file is truncated when opened (so it never describes an older run) and removed on close if
+    the run had no bad line, so it exists exactly when there is something to fix.  Undecodable bytes
+    are kept as backslash escapes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> RejectsFile:
+        self._handle = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        return self
+
+    def __call__(self, line_no: int, line: bytes | str, reason: str) -> None:
+        if self._handle is None:
+            raise ValueError("rejects file is not open")
+        raw = line.decode("utf-8", "backslashreplace") if isinstance(line, bytes) else line
+        self._handle.write(json.dumps({"line": line_no, "reason": reason, "raw": raw.rstrip("\r\n")}) + "\n")
+        self._handle.flush()
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()
+            if self.count == 0:
+                self.path.unlink(missing_ok=True)
+
+
+def default_rejects_path(path: Path) -> Path:
+    """``posts.jsonl`` -> ``posts.jsonl.rejects``: beside the input, named after it."""
+    return path.with_name(path.name + ".rejects")
 
 
 def parse_rate(spec: str | float | None) -> float | None:
@@ -53,16 +104,37 @@ def _positive(value: float, name: str) -> float:
     return value
 
 
-def read_posts(lines: Iterable[bytes | str], report: ReplayReport) -> Iterator[Post]:
-    """Decode JSONL lines; invalid ones (bad UTF-8 included) go to ``report.invalid`` as (line no, reason)."""
+def read_posts(lines: Iterable[bytes | str], report: ReplayReport, reject: Reject | None = None,
+               max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Post]:
+    """Decode JSONL lines; a bad one (bad UTF-8, too large included) goes to ``report.invalid`` as
+    (line no, reason) and, with ``reject``, is handed to it with the line itself."""
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            yield Post.from_json(line)
-        except PostDecodeError as exc:
-            report.invalid.append((line_no, exc.reason))
-            log.warning("line %d skipped: %s", line_no, exc.reason)
+        reason = _decode_failure(line, max_record_bytes)
+        if isinstance(reason, Post):
+            yield reason
+            continue
+        report.invalid.append((line_no, reason))
+        log.warning("line %d skipped: %s", line_no, reason)
+        if reject is not None:
+            reject(line_no, line, reason)
+
+
+def _decode_failure(line: bytes | str, max_record_bytes: int) -> Post | str:
+    """The post on this line, or why there is none."""
+    if len(line) > max_record_bytes:
+        return f"line of {len(line)} bytes is over the {max_record_bytes}-byte Kafka record limit"
+    try:
+        post = Post.from_json(line)
+    except PostDecodeError as exc:
+        return exc.reason
+    except (RecursionError, OverflowError, ValueError, TypeError) as exc:  # hostile JSON: deep nesting, huge numbers
+        return f"cannot decode: {type(exc).__name__}: {exc}"
+    size = len(post.to_json())
+    if size > max_record_bytes:
+        return f"post encodes to {size} bytes, over the {max_record_bytes}-byte Kafka record limit"
+    return post
 
 
 class Pacer:
@@ -122,14 +194,18 @@ def replay_posts(posts: Iterable[Post], publisher: PostPublisher, *, rate: float
 
 def replay_file(path: str | Path, publisher: PostPublisher, rate: float | str | None = None,
                 speedup: float | None = None, *, topic: str | None = None,
-                stop: threading.Event | None = None, pacer: Pacer | None = None) -> ReplayReport:
+                stop: threading.Event | None = None, pacer: Pacer | None = None,
+                rejects: str | Path | None = None) -> ReplayReport:
     """Replay a JSONL file of posts into ``publisher``; returns how many were sent and which lines failed.
 
-    The publisher is flushed before returning, so ``sent`` posts are durable in Kafka when this returns.
+    With ``rejects``, bad lines are also written there (see :class:`RejectsFile`).  The publisher is
+    flushed before returning, so ``sent`` posts are durable in Kafka when this returns.
     """
     report = ReplayReport()
-    with open(path, "rb") as handle:
-        replay_posts(read_posts(handle, report), publisher, rate=rate, speedup=speedup, topic=topic,
+    with open(path, "rb") as handle, (RejectsFile(Path(rejects)) if rejects else contextlib.nullcontext()) as reject:
+        replay_posts(read_posts(handle, report, reject), publisher, rate=rate, speedup=speedup, topic=topic,
                      stop=stop, report=report, pacer=pacer)
+    if rejects and report.invalid:
+        report.rejects_path = Path(rejects)
     log.info("replayed %s: %d sent, %d invalid lines", path, report.sent, len(report.invalid))
     return report
