@@ -157,7 +157,9 @@ class AlertRow(Base):
 
 class DeadLetterRow(Base):
     __tablename__ = "dead_letters"
-    __table_args__ = (UniqueConstraint("source_topic", "source_partition", "source_offset", name="uq_dead_letters_source"),)
+    # The payload's hash is in the key: after a broker restart a new message can reuse old coordinates (0003).
+    __table_args__ = (UniqueConstraint("source_topic", "source_partition", "source_offset", "payload_sha256",
+                                       name="uq_dead_letters_source_payload"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     source_topic: Mapped[str] = mapped_column(Text)
@@ -166,6 +168,7 @@ class DeadLetterRow(Base):
     key: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    payload_sha256: Mapped[str] = mapped_column(Text)  # hex SHA-256 of the stored payload (NULL hashes as empty)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

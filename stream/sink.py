@@ -14,6 +14,7 @@ collapsed first, because PostgreSQL refuses to update one row twice in one state
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -164,9 +165,10 @@ ON CONFLICT (post_pk, model_version) DO UPDATE SET
 _SENTIMENTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::text[], %s)"
 
 _DEAD_SQL = """
-INSERT INTO dead_letters (source_topic, source_partition, source_offset, key, reason, payload)
+INSERT INTO dead_letters (source_topic, source_partition, source_offset, key, reason, payload, payload_sha256)
 VALUES %s
-ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+ON CONFLICT (source_topic, source_partition, source_offset, payload_sha256) DO NOTHING
+RETURNING id, source_topic, source_partition, source_offset, key, reason
 """
 
 
@@ -202,7 +204,7 @@ class PostgresSink:
                 post_pks = self._write_posts(cur, records)
                 n_media = self._write_media(cur, records, post_pks)
                 n_sent = self._write_sentiments(cur, records, post_pks)
-                n_dead = self._write_dead_letters(cur, dead_letters)
+                new_dead = self._write_dead_letters(cur, dead_letters)
                 for hook in self.hooks:
                     hook(cur, records, post_pks)
             raw.commit()
@@ -214,7 +216,8 @@ class PostgresSink:
             raise
         finally:
             raw.close()
-        return WriteResult(posts=len(records), sentiments=n_sent, media=n_media, dead_letters=n_dead,
+        _log_dead_letters(new_dead)
+        return WriteResult(posts=len(records), sentiments=n_sent, media=n_media, dead_letters=len(dead_letters),
                            post_pks=post_pks, seconds=time.perf_counter() - started)
 
     def _write_posts(self, cur: Any, records: Sequence[SinkRecord]) -> dict[str, int]:
@@ -251,12 +254,12 @@ class PostgresSink:
             execute_values(cur, _SENTIMENTS_SQL, rows, template=_SENTIMENTS_TEMPLATE, page_size=self.page_size)
         return len(rows)
 
-    def _write_dead_letters(self, cur: Any, dead: Sequence[DeadLetter]) -> int:
+    def _write_dead_letters(self, cur: Any, dead: Sequence[DeadLetter]) -> list[tuple[Any, ...]]:
+        """Insert the dead letters; returns the rows that are new (a redelivered one is already there)."""
         if not dead:
-            return 0
+            return []
         rows = [_dead_letter_row(d) for d in dead]
-        execute_values(cur, _DEAD_SQL, rows, page_size=self.page_size)
-        return len(rows)
+        return list(execute_values(cur, _DEAD_SQL, rows, page_size=self.page_size, fetch=True))
 
 
 def _post_row(post: Post, unscored_reason: str | None = None) -> tuple[Any, ...]:
@@ -264,6 +267,14 @@ def _post_row(post: Post, unscored_reason: str | None = None) -> tuple[Any, ...]
     return (post.platform, post.post_id, author, post.created_at, _clean(post.text), post.lang, post.url,
             post.topic, list(post.keywords), _jsonb(post.raw) if post.raw is not None else None,
             post.ingested_at, _clean(unscored_reason) if unscored_reason is not None else None)
+
+
+def _log_dead_letters(new_rows: Sequence[tuple[Any, ...]]) -> None:
+    """One WARNING per dead letter, once it is committed and only when it is new, so a redelivered batch
+    does not repeat it; key and reason come from the input, so they are quoted (no forged log lines)."""
+    for dead_id, topic, partition, offset, key, reason in new_rows:
+        log.warning("dead letter #%d from %s[%d]@%d, key %r: %r", dead_id, topic, partition, offset,
+                    key, reason[:300])
 
 
 def _dead_letter_row(dead: DeadLetter) -> tuple[Any, ...]:
@@ -274,7 +285,11 @@ def _dead_letter_row(dead: DeadLetter) -> tuple[Any, ...]:
         reason = f"{reason} (payload truncated from {len(payload)} to {MAX_DEAD_LETTER_PAYLOAD} bytes)"
         payload = payload[:MAX_DEAD_LETTER_PAYLOAD]
     key = safe_text(dead.key, MAX_DEAD_LETTER_KEY) if dead.key is not None else None
-    return (safe_text(dead.source_topic, 256), dead.source_partition, dead.source_offset, key, reason, payload)
+    # The payload hash is part of the key (migration 0003): a replay lands on its row, a new message at
+    # offsets a restarted broker reused gets its own.
+    digest = hashlib.sha256(payload or b"").hexdigest()
+    return (safe_text(dead.source_topic, 256), dead.source_partition, dead.source_offset, key, reason, payload,
+            digest)
 
 
 def _jsonb(value: Any) -> str:
