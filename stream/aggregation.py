@@ -4,6 +4,12 @@ This runs before the batch is acked (see ``BatchProcessor.process``), so a crash
 commit and this step replays the batch and runs it again; every part is idempotent (windows are
 recomputed from rows, alerts are unique per topic/window, delivery is tracked in ``alerts.published_at``).
 Alerts that were stored but never delivered (a crash, Kafka down) are picked up on the next batch.
+
+Windows stay right: a recompute that fails is counted (``sentistream_window_recompute_failures_total``)
+and retried a few times; a database outage is waited out by the pipeline; a failure that outlives the
+retries raises :class:`WindowRecomputeError` out of the batch, so the batch is not acked and its offsets
+are held (redelivery recomputes the windows again) instead of leaving every window it touched stale.
+A time no window can hold (before year 1, see ``stream.windows``) is counted and skipped, never raised.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
+from stream import metrics
 from stream.alerts import (
     AlertNotifier,
     SpikeAlert,
@@ -30,14 +38,24 @@ from stream.alerts import (
     spike_examples,
 )
 from stream.db import AlertRow
-from stream.sink import SinkRecord, WriteResult
-from stream.windows import WindowKey, recompute_windows, windows_touched
+from stream.sink import DeadLetter, SinkRecord, WriteResult, is_transient
+from stream.windows import TimedTopic, WindowKey, recompute_windows, windows_touched
 
 log = logging.getLogger(__name__)
 
 PublishAlert = Callable[[bytes, bytes], Awaitable[None]]
 TopicPartition = tuple[str, int]
 HOLD = datetime.min.replace(tzinfo=UTC)  # a watermark before every window: nothing closes yet
+
+
+class WindowRecomputeError(RuntimeError):
+    """Recomputing a batch's windows failed on every attempt: the batch must not be acked.
+
+    ``hold_batch`` tells the pipeline not to bisect it into dead letters: the posts are stored and fine,
+    it is their windows that are not, and only a redelivery recomputes them.
+    """
+
+    hold_batch = True
 
 
 class EventTimeWatermark:
@@ -48,23 +66,43 @@ class EventTimeWatermark:
     time ahead of another, never judges a window before all its posts are in.  A partition that is
     caught up (no backlog) does not hold the watermark back: in a live, caught-up feed the watermark is
     simply the newest event time seen, and an idle partition never stalls the alerts.
+
+    Read positions count every message consumed, posts *and* dead letters (:meth:`mark_read`): a dead
+    letter carries no event time, but once it is read the partition has no backlog behind it, so a
+    partition whose newest message is a dead letter does not hold the watermark back forever.  Event
+    times later than ``max_future_s`` past the wall clock are clamped to it, so one post dated year 9999
+    cannot close every open window at once.
     """
 
     def __init__(self, assigned: Callable[[], Iterable[TopicPartition]] | None = None,
-                 highwater: Callable[[TopicPartition], int | None] | None = None) -> None:
+                 highwater: Callable[[TopicPartition], int | None] | None = None,
+                 max_future_s: float = 300.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.assigned = assigned
         self.highwater = highwater
+        self.max_future_s = max_future_s
+        self.clock = clock
         self.max_event_time: dict[TopicPartition, datetime] = {}
         self.next_offset: dict[TopicPartition, int] = {}
 
     def update(self, records: Sequence[SinkRecord]) -> None:
+        """Posts read: each advances its partition's event time and read position."""
+        horizon = self.clock() + timedelta(seconds=self.max_future_s)
         for r in records:
             if r.source is None:
                 continue
             tp = (r.source[0], r.source[1])
-            if tp not in self.max_event_time or r.post.created_at > self.max_event_time[tp]:
-                self.max_event_time[tp] = r.post.created_at
-            self.next_offset[tp] = max(self.next_offset.get(tp, 0), r.source[2] + 1)
+            event_time = min(r.post.created_at, horizon)
+            if tp not in self.max_event_time or event_time > self.max_event_time[tp]:
+                self.max_event_time[tp] = event_time
+            self.mark_read([r.source])
+
+    def mark_read(self, positions: Iterable[tuple[str, int, int]]) -> None:
+        """(topic, partition, offset) of messages consumed without a post, e.g. dead letters."""
+        for topic, partition, offset in positions:
+            if partition < 0 or offset < 0:
+                continue  # a dead letter of unknown origin moves nothing
+            tp = (topic, partition)
+            self.next_offset[tp] = max(self.next_offset.get(tp, 0), offset + 1)
 
     def current(self) -> datetime | None:
         """None only without a partition source (then windows close by the newest one seen);
@@ -77,11 +115,12 @@ class EventTimeWatermark:
             high = self.highwater(tp)
             if high is None:
                 return HOLD  # not fetched yet: it may hold older posts than any we have seen
+            backlog = high - self.next_offset.get(tp, 0) > 0
             if tp not in self.max_event_time:
-                if high > 0:
+                if backlog:
                     return HOLD  # a partition with posts we have not read yet: hold every window open
-                continue
-            if high - self.next_offset.get(tp, 0) > 0:
+                continue  # empty, or read to its end and only dead letters so far
+            if backlog:
                 behind.append(self.max_event_time[tp])
         return min(behind) if behind else (newest or HOLD)
 
@@ -90,13 +129,16 @@ class WindowAlertStage:
     """The ``after_write`` step of the worker's BatchProcessor.
 
     With ``detector=None`` it only recomputes windows: `sentistream rescore` uses that, so scoring
-    history with a new model never raises (or delivers) alerts about the past.
+    history with a new model never raises (or delivers) alerts about the past.  ``attempts`` bounds the
+    retries of a failing recompute (see the module docstring); alert delivery failures never fail the
+    batch, the alerts stay stored as undelivered and go out with the next batch.
     """
 
     def __init__(self, engine: Engine, window_lengths_s: Sequence[int], detector: SpikeDetector | None,
                  notifier: AlertNotifier | None = None, publish_alert: PublishAlert | None = None,
                  executor: Executor | None = None, on_alert: Callable[[SpikeAlert], None] | None = None,
-                 watermark: EventTimeWatermark | None = None) -> None:
+                 watermark: EventTimeWatermark | None = None, attempts: int = 3,
+                 retry_wait_s: float = 0.2) -> None:
         self.engine = engine
         self.window_lengths_s = tuple(window_lengths_s)
         self.detector = detector
@@ -105,19 +147,59 @@ class WindowAlertStage:
         self.executor = executor
         self.on_alert = on_alert
         self.watermark = watermark or EventTimeWatermark()
+        self.attempts = max(1, attempts)
+        self.retry_wait_s = retry_wait_s
 
-    async def __call__(self, written: WriteResult, records: Sequence[SinkRecord]) -> None:
+    async def __call__(self, written: WriteResult, records: Sequence[SinkRecord],
+                       dead_letters: Sequence[DeadLetter] = ()) -> None:
         keys_by_version: dict[str, set[WindowKey]] = defaultdict(set)
         self.watermark.update(records)
+        self.watermark.mark_read((d.source_topic, d.source_partition, d.source_offset) for d in dead_letters)
         for r in records:
             if r.sentiment is not None:
-                keys_by_version[r.sentiment.model_version] |= windows_touched([r.post], self.window_lengths_s)
-        loop = asyncio.get_running_loop()
+                keys_by_version[r.sentiment.model_version] |= windows_touched(
+                    [r.post], self.window_lengths_s, _count_out_of_range)
         if keys_by_version:
-            await loop.run_in_executor(self.executor, self.recompute_and_detect, dict(keys_by_version),
-                                       self.watermark.current())
+            await self._recompute_with_retries(dict(keys_by_version), self.watermark.current())
         if self.detector is not None:
-            await self.deliver_pending()
+            try:
+                await self.deliver_pending()
+            except Exception:  # noqa: BLE001 - the alerts are stored undelivered; the next batch retries
+                log.exception("could not deliver pending alerts; they stay stored and are retried with the next batch")
+
+    async def _recompute_with_retries(self, keys_by_version: dict[str, set[WindowKey]],
+                                      watermark: datetime | None) -> None:
+        """Count every failure; retry the ones a retry can fix here; raise what is left (never swallow).
+
+        A database that is unreachable is raised at once: the pipeline waits it out (its own backoff,
+        offsets held).  Anything else gets ``attempts`` tries and then becomes WindowRecomputeError.
+        """
+        loop = asyncio.get_running_loop()
+
+        def count(exc: BaseException) -> bool:
+            metrics.WINDOW_RECOMPUTE_FAILURES.inc()
+            log.warning("window recompute failed (%s: %s)", type(exc).__name__, str(exc).splitlines()[0]
+                        if str(exc) else "")
+            return not is_transient(exc)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.retry_wait_s, max=max(self.retry_wait_s, 5.0))
+            + wait_random(0, self.retry_wait_s),
+            retry=retry_if_exception(lambda exc: isinstance(exc, Exception) and count(exc)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await loop.run_in_executor(self.executor, self.recompute_and_detect, keys_by_version,
+                                               watermark)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            raise WindowRecomputeError(
+                f"recomputing {sum(map(len, keys_by_version.values()))} windows failed {self.attempts} times: "
+                f"{type(exc).__name__}: {exc}") from exc
 
     def recompute_and_detect(self, keys_by_version: dict[str, set[WindowKey]],
                              watermark: datetime | None = None) -> list[SpikeAlert]:
@@ -169,3 +251,9 @@ class WindowAlertStage:
     def _mark(self, alert: SpikeAlert, status: str) -> None:
         with self.engine.begin() as conn:
             mark_delivered(conn, alert, status)
+
+
+def _count_out_of_range(post: TimedTopic, window_seconds: int) -> None:
+    metrics.WINDOW_OUT_OF_RANGE.inc()
+    log.warning("post in topic %r at %s is in no %ds window (its window would start before year 1); "
+                "it is stored but not aggregated", post.topic, post.created_at.isoformat(), window_seconds)

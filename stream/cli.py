@@ -98,6 +98,36 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, timeout_s=args.timeout, keep_data=args.keep_data)
 
 
+def cmd_windows(args: argparse.Namespace, settings: Settings) -> int:
+    """`windows rebuild`: recompute window aggregates from the stored rows (repairs stale windows)."""
+    from datetime import UTC, datetime, timedelta
+
+    from tqdm import tqdm
+
+    from stream.embedded import services
+    from stream.migrate import check_schema, make_engine
+    from stream.settings import window_seconds
+    from stream.windows import rebuild_windows
+
+    since = datetime.now(UTC) - timedelta(seconds=window_seconds(args.since))
+    with services(settings, need_broker=False) as resolved:
+        engine = make_engine(resolved.database_url)
+        check_schema(engine)
+        with tqdm(desc="windows rebuild", unit="window", file=sys.stderr,
+                  disable=not sys.stderr.isatty()) as progress:
+            def on_progress(done: int, total: int) -> None:
+                progress.total = total
+                progress.update(done - progress.n)
+
+            report = rebuild_windows(engine, settings.window_lengths_s, since, model_version=args.model_version,
+                                     topic=args.topic, on_progress=on_progress)
+        engine.dispose()
+    _out(f"rebuilt {report.windows} windows ({report.changed} rows inserted or changed) of lengths "
+         f"{', '.join(settings.windows)} since {since.isoformat(timespec='seconds')} for topic "
+         f"{args.topic or '(all)'} and model versions {', '.join(report.model_versions) or '(none scored)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentistream",
@@ -130,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", choices=["minute", "hour"], default="minute")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="also draw the trend as a PNG")
     p.set_defaults(func=cmd_trends)
+
+    p = sub.add_parser("windows", help="window aggregates")
+    windows_sub = p.add_subparsers(dest="windows_command", required=True)
+    rebuild = windows_sub.add_parser("rebuild", help="recompute every SENTISTREAM_WINDOWS aggregate from rows")
+    rebuild.add_argument("--since", default="7d", help="span to rebuild, e.g. 1h, 7d (default 7d)")
+    rebuild.add_argument("--model-version", default=None, help="only this model's windows (default: all)")
+    rebuild.add_argument("--topic", default=None, help="only this topic (default: all)")
+    p.set_defaults(func=cmd_windows)
 
     _register_optional(sub)
     return parser

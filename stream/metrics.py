@@ -46,6 +46,14 @@ CONSUMER_LAG = Gauge("sentistream_consumer_lag", "Messages behind the partition 
                      ["topic", "partition"], registry=REGISTRY)
 ALERTS = Counter("sentistream_alerts_total", "Alerts raised (new rows only), by kind.", ["kind"],
                  registry=REGISTRY)
+WINDOW_RECOMPUTE_FAILURES = Counter(
+    "sentistream_window_recompute_failures_total",
+    "Failed attempts to recompute a batch's windows; each is retried, the batch is acked only after one succeeds.",
+    registry=REGISTRY)
+WINDOW_OUT_OF_RANGE = Counter(
+    "sentistream_window_out_of_range_total",
+    "Posts stored in no window: a window of their created_at would start before year 1 (datetime's range).",
+    registry=REGISTRY)
 POSTS_UNSCORED = Counter(
     "sentistream_posts_unscored_total",
     "Posts stored without sentiment, by reason (text of posts.unscored_reason before its first ':').",

@@ -69,6 +69,8 @@ MediaStage = Callable[[Sequence[Post]], Awaitable[list[FetchedMedia]]]
 ScoreInputFactory = Callable[[Post, list[Any]], Any]
 # returns why a post is not to be scored (e.g. a language its topic does not score), or None to score it
 SkipScoring = Callable[[Post], str | None]
+# the post as it is stored, after scoring (e.g. with the detected language in ``lang``)
+AnnotatePost = Callable[[Post], Post]
 
 
 @dataclass(slots=True)
@@ -166,6 +168,7 @@ class BatchProcessor:
         should_stop: Callable[[], bool] = lambda: False,
         on_db_state: Callable[[bool, str | None], None] = lambda up, err: None,
         skip_scoring: SkipScoring | None = None,
+        annotate_post: AnnotatePost | None = None,
         on_model_state: Callable[[bool, str | None], None] = lambda up, err: None,
         model_failures_unhealthy: int = 3,
     ) -> None:
@@ -180,6 +183,7 @@ class BatchProcessor:
         self.should_stop = should_stop
         self.on_db_state = on_db_state
         self.skip_scoring = skip_scoring
+        self.annotate_post = annotate_post
         self.on_model_state = on_model_state
         self.model_failures_unhealthy = max(1, model_failures_unhealthy)
         self.model_batch_failures = 0  # consecutive batches in which the model scored nothing
@@ -234,7 +238,7 @@ class BatchProcessor:
         stages["score"] = time.perf_counter() - t
         t = time.perf_counter()
         records = [
-            SinkRecord(post=p, media=f.outcomes, sentiment=s,
+            SinkRecord(post=self._annotated(p), media=f.outcomes, sentiment=s,
                        modalities=("text", "image") if f.images else ("text",),
                        source=(m.topic, m.partition, m.offset), unscored_reason=u)
             for (p, m), f, s, u in zip(decoded, fetched, sentiments, unscored, strict=True)
@@ -266,6 +270,16 @@ class BatchProcessor:
                            media_statuses=[m.status for r in kept for m in r.media],
                            unscored_reasons=[r.unscored_reason for r in kept
                                              if r.sentiment is None and r.unscored_reason is not None])
+
+    def _annotated(self, post: Post) -> Post:
+        """``annotate_post(post)``, or the post unchanged when there is none or it fails (it is only extra data)."""
+        if self.annotate_post is None:
+            return post
+        try:
+            return self.annotate_post(post)
+        except Exception:  # noqa: BLE001 - never lose a post over an annotation
+            log.exception("annotating %s failed; storing it as received", post.key)
+            return post
 
     async def _fetch_media(self, posts: Sequence[Post]) -> list[FetchedMedia]:
         if self.media is None or not any(p.image_urls for p in posts):
@@ -453,7 +467,10 @@ class BatchProcessor:
         retrying = AsyncRetrying(retry=retry_if_exception(transient), wait=self.retry,
                                  stop=lambda _state: self.should_stop(), before_sleep=log_retry,
                                  reraise=True)
-        result = await retrying(step)
+        async def run_step() -> Any:  # AsyncRetrying awaits only coroutine functions, not a lambda's coroutine
+            return await step()
+
+        result = await retrying(run_step)
         self.on_db_state(True, None)
         return result
 

@@ -12,12 +12,19 @@ overwrite a newer one.  :func:`recompute_windows` therefore takes a transaction-
 window key (in sorted order, so no deadlock) before the statement runs: whichever recompute runs last
 started after every earlier writer committed, and sees all of their rows.  Call it in its own
 transaction, after the batch's sentiments are committed.
+
+Time range: posts may carry any ``created_at`` that Python and PostgreSQL can hold (years 1 to 9999).  A
+window's end is computed by PostgreSQL (``window_start + window_seconds``), never in Python, so the last
+window of year 9999 (whose end is in year 10000) is recomputed like any other.  A window that would *start*
+before 0001-01-01 UTC cannot be represented at all; :func:`windows_touched` leaves such a post out of that
+window (it is still stored) and reports it, so one hostile timestamp can never fail a whole batch's windows.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, Protocol
 
@@ -43,11 +50,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from stream.db import PostRow, SentimentRow, WindowAggregateRow
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FIRST_WINDOW_START = datetime.min.replace(tzinfo=UTC)  # the earliest start a window key can have
+
+
+class WindowRangeError(ValueError):
+    """The window of a timestamp cannot be represented (it would start before year 1)."""
 
 
 class WindowKey(NamedTuple):
@@ -59,6 +71,7 @@ class WindowKey(NamedTuple):
 
     @property
     def window_end(self) -> datetime:
+        """Raises OverflowError for the last windows of year 9999; SQL computes ends itself."""
         return self.window_start + timedelta(seconds=self.window_seconds)
 
 
@@ -95,28 +108,49 @@ class TimedTopic(Protocol):
 
 
 def window_start(ts: datetime, window_seconds: int) -> datetime:
-    """Start of the epoch-aligned tumbling window of length ``window_seconds`` that contains ``ts``."""
+    """Start of the epoch-aligned tumbling window of length ``window_seconds`` that contains ``ts``.
+
+    Raises WindowRangeError when that start (or ``ts`` in UTC) falls outside datetime's range.
+    """
     if window_seconds <= 0:
         raise ValueError("window_seconds must be positive")
     if ts.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware (naive times are ambiguous across hosts)")
-    delta = ts.astimezone(UTC) - EPOCH
+    offset = ts.utcoffset() or timedelta(0)
+    # Computed on the naive wall time minus the offset, so 0001-01-01T00:30+01:00 is not an overflow
+    # inside astimezone() but a clear "before year 1".
+    delta = (ts.replace(tzinfo=None) - EPOCH.replace(tzinfo=None)) - offset
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     step = window_seconds * 1_000_000
-    return EPOCH + timedelta(microseconds=(micros // step) * step)
+    try:
+        return EPOCH + timedelta(microseconds=(micros // step) * step)
+    except OverflowError as exc:
+        raise WindowRangeError(f"the {window_seconds}s window of {ts.isoformat()} is outside years 1-9999") from exc
 
 
-def windows_touched(posts: Iterable[TimedTopic], window_lengths_s: Iterable[int]) -> set[WindowKey]:
-    """The windows whose aggregates a batch of posts can have changed: one per post and window length."""
+def windows_touched(posts: Iterable[TimedTopic], window_lengths_s: Iterable[int],
+                    out_of_range: Callable[[TimedTopic, int], None] | None = None) -> set[WindowKey]:
+    """The windows whose aggregates a batch of posts can have changed: one per post and window length.
+
+    A post whose window cannot be represented (see the module docstring) is left out of that window and
+    handed to ``out_of_range`` with the length, so the caller can count it; it never raises for a time.
+    """
     lengths = tuple(window_lengths_s)
-    return {WindowKey(p.topic, window_start(p.created_at, length), length) for p in posts for length in lengths}
+    keys: set[WindowKey] = set()
+    for p in posts:
+        for length in lengths:
+            try:
+                keys.add(WindowKey(p.topic, window_start(p.created_at, length), length))
+            except WindowRangeError:
+                if out_of_range is not None:
+                    out_of_range(p, length)
+    return keys
 
 
 def _keys_values(keys: Iterable[WindowKey]):  # noqa: ANN202 - a SQLAlchemy Values construct
-    rows = [(k.topic, k.window_start, k.window_end, k.window_seconds) for k in sorted(set(keys))]
+    rows = [(k.topic, k.window_start, k.window_seconds) for k in sorted(set(keys))]
     return values(
-        column("topic", Text), column("window_start", DateTime(timezone=True)),
-        column("window_end", DateTime(timezone=True)), column("window_seconds", Integer),
+        column("topic", Text), column("window_start", DateTime(timezone=True)), column("window_seconds", Integer),
         name="k",
     ).data(rows)
 
@@ -132,6 +166,8 @@ def recompute_statement(keys: Iterable[WindowKey], model_version: str) -> Insert
     """
     k = _keys_values(keys).alias("k")
     p, s = PostRow.__table__, SentimentRow.__table__
+    # The end in SQL: PostgreSQL holds year 10000, Python's datetime does not (the year-9999 windows).
+    window_end = k.c.window_start + func.make_interval(0, 0, 0, 0, 0, 0, k.c.window_seconds)
     n_posts = func.count(s.c.label)
     n_negative = func.count(s.c.label).filter(s.c.label == "negative")
     counts = (
@@ -145,7 +181,7 @@ def recompute_statement(keys: Iterable[WindowKey], model_version: str) -> Insert
         )
         .select_from(p.join(s, and_(s.c.post_pk == p.c.id,
                                     s.c.model_version == bindparam("model_version", model_version))))
-        .where(p.c.topic == k.c.topic, p.c.created_at >= k.c.window_start, p.c.created_at < k.c.window_end)
+        .where(p.c.topic == k.c.topic, p.c.created_at >= k.c.window_start, p.c.created_at < window_end)
         .lateral("counts")
     )
     counted = ("n_posts", "n_negative", "n_neutral", "n_positive", "mean_intensity", "negative_share")
@@ -192,18 +228,89 @@ def recompute_windows(conn: Connection, keys: Iterable[WindowKey], model_version
 
 
 def all_window_keys(conn: Connection, window_lengths_s: Iterable[int], model_version: str,
-                    since: datetime | None = None) -> set[WindowKey]:
+                    since: datetime | None = None, topic: str | None = None) -> set[WindowKey]:
     """Every window that holds a post scored by ``model_version``: for a full rebuild or a rescore."""
     p, s = PostRow.__table__, SentimentRow.__table__
     keys: set[WindowKey] = set()
     for length in window_lengths_s:
         start = func.to_timestamp(func.floor(func.extract("epoch", p.c.created_at) / length) * length)
         query = (select(p.c.topic, start.label("window_start")).distinct()
-                 .join(s, and_(s.c.post_pk == p.c.id, s.c.model_version == model_version)))
+                 .join(s, and_(s.c.post_pk == p.c.id, s.c.model_version == model_version))
+                 .where(start >= FIRST_WINDOW_START))  # a window before year 1 has no Python key
         if since is not None:
             query = query.where(p.c.created_at >= window_start(since, length))
-        keys.update(WindowKey(topic, ws.astimezone(UTC), length) for topic, ws in conn.execute(query))
+        if topic is not None:
+            query = query.where(p.c.topic == topic)
+        keys.update(WindowKey(t, ws.astimezone(UTC), length) for t, ws in conn.execute(query))
     return keys
+
+
+def stored_window_keys(conn: Connection, window_lengths_s: Iterable[int], model_version: str,
+                       since: datetime | None = None, topic: str | None = None) -> set[WindowKey]:
+    """Every window that has an aggregate row: a rebuild recomputes these too, so a window whose posts
+    are gone is rewritten as zero counts instead of keeping numbers no row supports."""
+    w = WindowAggregateRow.__table__
+    keys: set[WindowKey] = set()
+    for length in window_lengths_s:
+        query = select(w.c.topic, w.c.window_start).where(w.c.model_version == model_version,
+                                                          w.c.window_seconds == length)
+        if since is not None:
+            query = query.where(w.c.window_start >= window_start(since, length))
+        if topic is not None:
+            query = query.where(w.c.topic == topic)
+        keys.update(WindowKey(t, ws.astimezone(UTC), length) for t, ws in conn.execute(query))
+    return keys
+
+
+def scored_model_versions(conn: Connection, since: datetime | None = None, topic: str | None = None) -> list[str]:
+    """Model versions with sentiments on posts in the span, or with aggregate rows in it."""
+    p, s, w = PostRow.__table__, SentimentRow.__table__, WindowAggregateRow.__table__
+    scored = select(s.c.model_version).join(p, p.c.id == s.c.post_pk)
+    stored = select(w.c.model_version)
+    if since is not None:
+        scored = scored.where(p.c.created_at >= since)
+        stored = stored.where(w.c.window_start >= since)
+    if topic is not None:
+        scored = scored.where(p.c.topic == topic)
+        stored = stored.where(w.c.topic == topic)
+    return sorted(set(conn.execute(scored.distinct()).scalars()) | set(conn.execute(stored.distinct()).scalars()))
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    """What ``rebuild_windows`` did: windows recomputed and how many rows it inserted or changed."""
+
+    windows: int
+    changed: int
+    model_versions: tuple[str, ...]
+
+
+def rebuild_windows(engine: Engine, window_lengths_s: Sequence[int], since: datetime, *,
+                    model_version: str | None = None, topic: str | None = None, chunk: int = 500,
+                    on_progress: Callable[[int, int], None] | None = None) -> RebuildReport:
+    """Recompute every window of every length from ``since`` on from the stored rows (`windows rebuild`).
+
+    For repairs: windows left stale by an outage or an old bug, a changed SENTISTREAM_WINDOWS.  Each chunk
+    of windows is its own transaction, locked like the worker's recompute, so it can run next to a live
+    worker; a second run finds nothing to change (the upsert skips rows whose numbers are equal).
+    ``on_progress(done, total)`` is called after each chunk with windows done so far and planned.
+    """
+    with engine.connect() as conn:
+        versions = [model_version] if model_version is not None else scored_model_versions(conn, since, topic)
+        plan = [(v, sorted(all_window_keys(conn, window_lengths_s, v, since, topic)
+                           | stored_window_keys(conn, window_lengths_s, v, since, topic))) for v in versions]
+    windows = changed = 0
+    total = sum(len(keys) for _, keys in plan)
+    for version, keys in plan:
+        for i in range(0, len(keys), max(1, chunk)):
+            part = keys[i:i + chunk]
+            with engine.begin() as conn:
+                conn.execute(_LOCK_SQL, {"ids": sorted({window_lock_id(k, version) for k in part})}).all()
+                changed += len(conn.execute(recompute_statement(part, version)).all())
+            windows += len(part)
+            if on_progress is not None:
+                on_progress(windows, total)
+    return RebuildReport(windows=windows, changed=changed, model_versions=tuple(versions))
 
 
 def load_aggregates(conn: Connection, keys: Iterable[WindowKey], model_version: str) -> list[WindowAggregate]:

@@ -18,10 +18,11 @@ from connectors.post import Post
 from stream import metrics
 from stream.app import WorkerState, run_worker
 from stream.embedded import services
+from stream.language import LanguageGate
 from stream.metrics import HealthState
 from stream.migrate import check_schema, make_engine, wait_for_database
 from stream.pipeline import BatchProcessor
-from stream.settings import Settings
+from stream.settings import Settings, SettingsError
 from stream.sink import PostgresSink
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,10 @@ def media_stage(fetcher: Any, max_images: int = 4) -> Any:
 def build_processor(settings: Settings, database_url: str, *, scorer: Any | None,
                     executor: Executor | None = None, publish_dead_letters: Any = None,
                     publish_alert: Any = None, media_fetcher: Any = None, watermark: Any = None,
-                    should_stop: Any = lambda: False, state: WorkerState | None = None) -> BatchProcessor:
+                    should_stop: Any = lambda: False, state: WorkerState | None = None,
+                    language_gate: LanguageGate | None = None) -> BatchProcessor:
     """Everything the agent needs for one batch; also used by tests and benchmarks without Kafka."""
+    gate = language_gate or load_language_gate(settings)
     from stream.aggregation import WindowAlertStage
     from stream.alerts import AlertNotifier, SpikeConfig, SpikeDetector
 
@@ -144,7 +147,19 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
         on_db_state=on_db_state,
         on_model_state=on_model_state,
         model_failures_unhealthy=settings.model_failures_unhealthy,
+        skip_scoring=gate.reason_to_skip,  # other languages than the topic's: stored, flagged, not scored
+        annotate_post=gate.with_detected_language,  # posts.lang = the detected language when untagged
     )
+
+
+def load_language_gate(settings: Settings) -> LanguageGate:
+    """The per-topic language gate from SENTISTREAM_TOPICS_FILE (English only without one); fails fast."""
+    from connectors.topics import TopicsConfigError
+
+    try:
+        return LanguageGate.from_file(settings.topics_file)
+    except TopicsConfigError as exc:
+        raise SettingsError(f"SENTISTREAM_TOPICS_FILE: {exc}") from None
 
 
 def faust_watermark(app: faust.App, topic: str) -> Any:
@@ -167,6 +182,7 @@ def faust_watermark(app: faust.App, topic: str) -> Any:
 
 def main(settings: Settings) -> int:
     """`sentistream worker`: resolve services, check the schema, load the model, run the Faust worker."""
+    language_gate = load_language_gate(settings)  # a bad topics file fails before anything starts
     with services(settings) as resolved:
         engine = make_engine(resolved.database_url)
         wait_for_database(engine)
@@ -192,7 +208,7 @@ def main(settings: Settings) -> int:
                 fetcher = MediaFetcher.from_settings(settings)
                 await fetcher.start()
             return build_processor(
-                settings, resolved.database_url, scorer=scorer, media_fetcher=fetcher,
+                settings, resolved.database_url, scorer=scorer, media_fetcher=fetcher, language_gate=language_gate,
                 watermark=faust_watermark(app, settings.topic_raw),
                 publish_dead_letters=app.sentistream_publish_dead_letters,  # type: ignore[attr-defined]
                 publish_alert=app.sentistream_publish_alert,  # type: ignore[attr-defined]

@@ -170,3 +170,71 @@ def test_the_gate_never_raises_on_arbitrary_posts(text: str, lang: str | None, t
 def test_detection_answers_a_code_or_unknown(text: str) -> None:
     detected = detect_language(text)
     assert detected is None or re.fullmatch(r"[a-z]{2,3}", detected)
+
+
+# --- end to end: the real worker reads the topics file and stores other languages unscored ----------------
+
+
+@pytest.mark.slow
+def test_worker_scores_english_and_stores_french_unscored_with_the_reason(
+        broker, embedded_db, worker_factory, tmp_path: Path) -> None:
+    from connectors.broker import ensure_topics
+    from connectors.publisher import KafkaPublisher
+    from connectors.replay import replay_posts
+    from model.checkpoint import DEFAULT_CHECKPOINT
+    from tests.stream.conftest import wait_for
+
+    assert Path(DEFAULT_CHECKPOINT).exists(), "the shipped checkpoint is missing"
+    topics = tmp_path / "topics.yaml"
+    topics.write_text("topics:\n  airline:\n    keywords: [skyways]\n"
+                      "  greve:\n    keywords: [grève]\n    languages: [fr]\n")
+    at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    posts = [
+        Post(platform="reddit", post_id="en", text=ENGLISH, created_at=at, topic="airline"),
+        Post(platform="reddit", post_id="fr", text=FRENCH, created_at=at, topic="airline"),
+        Post(platform="twitter", post_id="fr-tagged", text="SkyWays encore en retard", lang="fr",
+             created_at=at, topic="airline"),
+        Post(platform="reddit", post_id="fr-topic", text=FRENCH, created_at=at, topic="greve"),
+    ]
+    ensure_topics(broker, ["posts.raw", "posts.deadletter", "sentiment.alerts"], partitions=1)
+    with KafkaPublisher(broker, topic="posts.raw") as publisher:
+        assert replay_posts(posts, publisher).sent == len(posts)
+    worker = worker_factory(broker, embedded_db, name="languages", topics_file=str(topics),
+                            media_enabled="false", windows="1m")
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(embedded_db)
+
+    def rows() -> dict[str, tuple[str | None, str | None, int]]:
+        with engine.connect() as conn:
+            return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(text(
+                "SELECT p.post_id, p.lang, p.unscored_reason, count(s.id) FROM posts p "
+                "LEFT JOIN sentiments s ON s.post_pk = p.id GROUP BY p.id"))}
+
+    try:
+        wait_for(lambda: len(rows()) == 4 and sum(n for _, _, n in rows().values()) == 2, 300,
+                 "four posts stored, two of them scored", worker.log)
+        stored = rows()
+    finally:
+        engine.dispose()
+        assert worker.stop() == 0, worker.log()
+    assert stored["en"] == ("en", None, 1)  # detected English: scored, and the detection is stored
+    assert stored["fr-topic"] == ("fr", None, 1)  # French on a topic that scores French
+    lang, reason, scored = stored["fr"]
+    assert (lang, scored) == ("fr", 0) and reason is not None
+    assert reason.startswith("language not scored: fr (detected); topic airline scores en"), reason
+    lang, reason, scored = stored["fr-tagged"]
+    assert (lang, scored) == ("fr", 0) and reason is not None and "fr (tagged by the platform)" in reason
+    assert "language gate: scores en by default; greve: fr" in worker.log()
+
+
+def test_the_worker_refuses_a_bad_topics_file_before_starting(tmp_path: Path) -> None:
+    from stream.settings import Settings, SettingsError
+    from stream.worker import load_language_gate
+
+    path = tmp_path / "topics.yaml"
+    path.write_text("topics:\n  t:\n    keywords: [x]\n    languages: [english]\n")
+    with pytest.raises(SettingsError, match=r"SENTISTREAM_TOPICS_FILE: .*topics\.t\.languages: 'english'"):
+        load_language_gate(Settings.from_env({"SENTISTREAM_TOPICS_FILE": str(path)}))
+    assert load_language_gate(Settings.from_env({})).allowed("any") == {"en"}
