@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,44 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.checkpoint_error import CheckpointError
 from model.config import ModelConfig
 from model.network import SentimentNet
+
+__all__ = ["DEFAULT_CHECKPOINT", "FORMAT_VERSION", "CheckpointError", "build_network", "load", "model_version",
+           "read_payload", "save"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "sentistream-default.pt"
+REQUIRED_KEYS = ("format_version", "model_version", "config", "state_dict")
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _load_problem(error: Exception) -> str:
+    """What ``torch.load(..., weights_only=True)`` refused, in words.
+
+    torch's own message advises re-running with ``weights_only=False``; that would execute whatever
+    the file holds, so only the unpickler's finding is passed on."""
+    text = str(error)
+    if isinstance(error, OSError):
+        return f"it cannot be read ({_one_line(error)})"
+    found = _REFUSED_GLOBAL.search(text)
+    if found:
+        return (f"it holds a Python object ({found.group(1)}) where only tensors and plain data belong; "
+                "it was refused, not run (checkpoints load with weights_only=True)")
+    if _WEIGHTS_ONLY_REFUSAL in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+        return f"it is truncated or not a PyTorch checkpoint (unpickler: {' '.join(detail.split())[:200]})"
+    return f"it is truncated or not a PyTorch checkpoint ({_one_line(error)})"
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as one short log line (torch's messages span many lines)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -108,6 +140,49 @@ def save(path: Path | str, net: SentimentNet, config: ModelConfig, metrics: dict
     return version
 
 
+def read_payload(path: Path | str | None = None,
+                 map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file's checked contents, without building the network.
+
+    Loaded with ``weights_only=True``: only tensors and plain data are ever unpickled, so a
+    malicious file cannot run code.  Everything that makes the file unusable (a directory, empty,
+    truncated, random bytes, foreign objects, another format version, missing keys) raises one
+    ``CheckpointError`` naming the file and the fix; a missing file raises ``FileNotFoundError``
+    (the worker then stores posts unscored when no checkpoint was asked for).
+    """
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    if path.is_dir():
+        raise CheckpointError(path, "it is a directory, not a checkpoint file")
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(path, f"it cannot be read ({_one_line(error)})") from error
+    if size == 0:
+        raise CheckpointError(path, "the file is empty (0 bytes)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure to parse the file is a corrupt checkpoint
+        raise CheckpointError(path, _load_problem(error)) from error
+    if not isinstance(payload, dict):
+        raise CheckpointError(path, f"it holds a {type(payload).__name__}, not a sentistream checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            path, f"its format version is {payload.get('format_version')!r}, this sentistream reads "
+            f"format {FORMAT_VERSION}"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(path, f"it lacks {', '.join(missing)}")
+    state = payload["state_dict"]
+    if not isinstance(payload["config"], dict) or not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
+    ):
+        raise CheckpointError(path, "its config or state_dict is not a mapping of names to values/tensors")
+    return payload
+
+
 def load(path: Path | str | None = None, map_location: str | torch.device = "cpu",
          encoder_top_factory: Any = None) -> tuple[SentimentNet, ModelConfig, dict[str, Any]]:
     """Rebuild the network from a checkpoint -> (net in eval mode, fp32; config; meta).
@@ -116,15 +191,22 @@ def load(path: Path | str | None = None, map_location: str | torch.device = "cpu
     packaged default checkpoint.
     """
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {payload.get('format_version')} is not {FORMAT_VERSION}")
-    config = ModelConfig.from_dict(payload["config"])
-    net = build_network(config, encoder_top_factory)
+    payload = read_payload(path, map_location)
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise CheckpointError(path, f"its config is not valid ({_one_line(error)})") from error
+    try:
+        net = build_network(config, encoder_top_factory)
+    except (TypeError, ValueError) as error:  # e.g. a width that is not a number
+        raise CheckpointError(path, f"its config does not build a network ({_one_line(error)})") from error
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    net.load_state_dict(state, strict=True)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # missing or unexpected keys, shape mismatches
+        raise CheckpointError(
+            path, f"its weights do not fit the network its config describes ({_one_line(error)})"
+        ) from error
     net.eval()
     meta = {key: payload.get(key) for key in ("model_version", "metrics", "extra", "created", "torch_version")}
     return net, config, meta

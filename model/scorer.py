@@ -298,6 +298,8 @@ class Scorer:
 
 def _modalities_of(path: Path | str | None) -> tuple[str, ...]:
     """The modalities a checkpoint was built with, read without building the network."""
-    payload = torch.load(Path(path) if path is not None else checkpoint.DEFAULT_CHECKPOINT,
-                         map_location="cpu", weights_only=True)
-    return tuple(payload["config"]["modalities"])
+    modalities = checkpoint.read_payload(path)["config"].get("modalities")
+    if not isinstance(modalities, list | tuple):
+        raise checkpoint.CheckpointError(path or checkpoint.DEFAULT_CHECKPOINT,
+                                         "its config names no modalities")
+    return tuple(modalities)

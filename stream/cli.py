@@ -205,9 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line for known failures, traceback at debug
+        from model.checkpoint_error import CheckpointError
         from stream.migrate import SchemaOutdatedError
 
-        if isinstance(exc, SchemaOutdatedError | FileNotFoundError | SettingsError):
+        if isinstance(exc, SchemaOutdatedError | FileNotFoundError | SettingsError | CheckpointError):
             log.error("%s", exc)
             return 2
         raise

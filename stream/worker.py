@@ -44,7 +44,9 @@ def load_scorer(settings: Settings) -> Any | None:
         torch.set_num_threads(settings.torch_threads)
     path: Path | None = settings.checkpoint
     if path is not None and not path.exists():
-        raise FileNotFoundError(f"SENTISTREAM_CHECKPOINT={path} does not exist")
+        from model.checkpoint_error import CheckpointError
+
+        raise CheckpointError(path, "no such file")  # asked for, so never fall back to storing unscored
     try:
         scorer = Scorer.from_checkpoint(path, device=settings.device)
     except FileNotFoundError as exc:
