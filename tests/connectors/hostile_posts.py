@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hypothesis import strategies as st
+
 GOOD_TIME = "2026-11-25T12:00:00+00:00"
 
 
@@ -252,3 +254,24 @@ def hostile_cases(now: datetime | None = None) -> list[HostileCase]:
     dead(c, "platform-myspace", encoded(post("platform-myspace", platform="myspace")), "platform 'myspace'")
     dead(c, "platform-uppercase", encoded(post("platform-uppercase", platform="Twitter")), "platform")
     return cases
+
+
+# -- hypothesis strategies: arbitrary JSON, and posts with arbitrary JSON in some fields
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+POST_FIELDS = ("schema_version", "platform", "post_id", "text", "created_at", "author", "lang", "url",
+               "topic", "keywords", "media", "raw", "ingested_at")
+
+
+@st.composite
+def post_like(draw: st.DrawFn) -> bytes:
+    """A valid post with some fields replaced by arbitrary JSON, serialised in a hostile way."""
+    doc = post("prop")
+    for name in draw(st.lists(st.sampled_from(POST_FIELDS), max_size=4, unique=True)):
+        doc[name] = draw(JSON_VALUES)
+    text = json.dumps(doc, allow_nan=True, ensure_ascii=draw(st.booleans()))
+    return text.encode("utf-8", errors="surrogatepass")

@@ -23,7 +23,7 @@ from connectors.post import (
     PostDecodeError,
     parse_timestamp,
 )
-from tests.connectors.hostile_posts import HostileCase, encoded, hostile_cases, post
+from tests.connectors.hostile_posts import JSON_VALUES, HostileCase, encoded, hostile_cases, post, post_like
 
 CASES = hostile_cases()
 
@@ -112,25 +112,6 @@ def _decode_or_reason(value: bytes) -> str:
 @given(st.binary(max_size=2000))
 def test_arbitrary_bytes_never_raise_anything_but_a_decode_error(value: bytes) -> None:
     _decode_or_reason(value)
-
-
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-    max_leaves=20,
-)
-POST_FIELDS = ("schema_version", "platform", "post_id", "text", "created_at", "author", "lang", "url",
-               "topic", "keywords", "media", "raw", "ingested_at")
-
-
-@st.composite
-def post_like(draw: st.DrawFn) -> bytes:
-    """A valid post with some fields replaced by arbitrary JSON, serialised in a hostile way."""
-    doc = post("prop")
-    for name in draw(st.lists(st.sampled_from(POST_FIELDS), max_size=4, unique=True)):
-        doc[name] = draw(JSON_VALUES)
-    text = json.dumps(doc, allow_nan=True, ensure_ascii=draw(st.booleans()))
-    return text.encode("utf-8", errors="surrogatepass")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
