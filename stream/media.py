@@ -18,6 +18,15 @@ multicast, reserved, unspecified, shared/CGNAT, nor an IPv6 form that embeds suc
 IPv4-mapped, 6to4, NAT64).  ``media_allow_hosts`` lists ``host`` or ``host:port`` entries that skip this
 check (the demo's loopback media server), exactly as written: ``127.0.0.1:8123`` opens that port only.
 
+Deadlines: ``deadline_s`` (SENTISTREAM_MEDIA_TIMEOUT_S) bounds one fetch in total, connect, every
+redirect hop, headers and body, across all retries; it starts once the fetch holds its slots, so a URL
+queued behind others is not timed out before it was tried.  Slots are two semaphores: one per host
+(``per_host``, the host of the URL as posted; its redirect hops ride on that slot) taken first, then the
+global ``concurrency``.  So 24 hanging URLs on one host hold ``per_host`` global slots at most, and a
+picture on another host starts at once.  A batch additionally has ``batch_budget_s`` for all its pictures
+(:meth:`MediaFetcher.fetch_many`): what has not finished by then is cancelled and recorded as ``timeout``,
+and its post is scored with the pictures that did arrive (text-only when none did).
+
 Image types are not taken from the Content-Type header: the body is decoded by Pillow restricted to
 JPEG/PNG/GIF/WEBP (so no EPS/ghostscript path), and width x height from the image header is checked
 against ``max_pixels`` before the pixels are decoded (decompression bombs).
@@ -26,20 +35,28 @@ against ``max_pixels`` before the pixels are decoded (decompression bombs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import ipaddress
 import logging
-import random
 import socket
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image, UnidentifiedImageError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 from yarl import URL
 
 from stream.settings import Settings
@@ -239,8 +256,9 @@ def decode_image(
 
 @dataclass(frozen=True)
 class MediaLimits:
-    """Caps on one URL.  ``total_timeout_s`` bounds each request so a server trickling bytes cannot hold
-    a slot forever (the read timeout alone restarts with every chunk)."""
+    """Caps on one URL and on one batch.  ``connect/read/total_timeout_s`` bound one attempt (so a silent
+    server is retried within the deadline); ``deadline_s`` bounds the whole fetch, whatever a server
+    does (trickling bytes, an endless body, redirect chains, retries)."""
 
     max_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 40_000_000
@@ -252,6 +270,8 @@ class MediaLimits:
     retries: int = 2
     backoff_s: float = 0.25
     concurrency: int = 8
+    per_host: int = 2  # fetches in flight per host, so one slow host cannot take every global slot
+    batch_budget_s: float | None = 30.0  # fetch_many's budget for all its URLs; None = wait for all
     cache_entries: int = 1024
     cache_max_pixels: int = 64_000_000
     formats: tuple[str, ...] = ALLOWED_FORMATS
@@ -315,21 +335,27 @@ class MediaFetcher:
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._hosts: dict[str, _HostSlots] = {}
         self._cache = _Cache(self.limits.cache_entries, self.limits.cache_max_pixels)
         self._inflight: dict[str, asyncio.Task[MediaResult]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> MediaFetcher:
+        """SENTISTREAM_MEDIA_TIMEOUT_S is the whole fetch's deadline; one attempt may use all of it, but a
+        server silent for half of it is given up on early enough to be retried inside it."""
+        timeout = settings.media_timeout_s
         limits = MediaLimits(
             max_bytes=settings.media_max_bytes,
             max_pixels=settings.media_max_pixels,
-            connect_timeout_s=settings.media_timeout_s,
-            read_timeout_s=settings.media_timeout_s,
-            total_timeout_s=2 * settings.media_timeout_s,
-            deadline_s=3 * settings.media_timeout_s,
+            connect_timeout_s=timeout / 2,
+            read_timeout_s=timeout / 2,
+            total_timeout_s=timeout,
+            deadline_s=timeout,
             max_redirects=settings.media_max_redirects,
             retries=settings.media_retries,
             concurrency=settings.media_concurrency,
+            per_host=settings.media_per_host,
+            batch_budget_s=settings.media_batch_budget_s if settings.media_batch_budget_s > 0 else None,
             cache_entries=settings.media_cache_entries,
         )
         return cls(limits, settings.media_allow_hosts, **kwargs)
@@ -369,9 +395,32 @@ class MediaFetcher:
             await self._session.close()
             self._session = None
 
-    async def fetch_many(self, urls: Sequence[str]) -> list[MediaResult]:
-        """Fetch all ``urls`` concurrently (within the semaphore); results in the order given."""
-        return list(await asyncio.gather(*(self.fetch(u) for u in urls)))
+    async def fetch_many(self, urls: Sequence[str], budget_s: float | None = -1.0) -> list[MediaResult]:
+        """Fetch all ``urls`` concurrently (within the slots); results in the order given.
+
+        ``budget_s`` (default: ``limits.batch_budget_s``; None waits for all) bounds the whole call: the
+        URLs not done by then are cancelled (their slots go to the next batch) and come back as
+        ``timeout``.  Without it a batch waits for its slowest picture, one hanging host times each
+        queued URL in turn.
+        """
+        budget = self.limits.batch_budget_s if budget_s is not None and budget_s < 0 else budget_s
+        tasks = [asyncio.ensure_future(self.fetch(u)) for u in urls]
+        if not tasks:
+            return []
+        _done, pending = await asyncio.wait(tasks, timeout=budget)
+        if pending:
+            logger.warning("media budget of %gs spent: %d of %d pictures recorded as timeout",
+                           budget, len(pending), len(tasks))
+            for task in pending:
+                task.cancel()
+            for url in {u for u, t in zip(urls, tasks, strict=True) if t in pending}:
+                inner = self._inflight.get(url_key(url))
+                if inner is not None:
+                    inner.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return [t.result() if t not in pending else
+                MediaResult(u, "timeout", error=f"the batch's media budget of {budget:g}s was spent first")
+                for u, t in zip(urls, tasks, strict=True)]
 
     async def fetch(self, url: str) -> MediaResult:
         key = url_key(url)
@@ -383,14 +432,44 @@ class MediaFetcher:
             task = asyncio.get_running_loop().create_task(self._fetch_and_cache(url, key))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                # Another caller's budget cancelled the shared fetch; this caller was not cancelled.
+                return MediaResult(url, "timeout", error="fetch cancelled when another batch's budget ran out")
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _slots(self, url: str) -> AsyncIterator[None]:
+        """Hold this URL's host slot, then a global slot (in that order: waiting on a busy host never
+        occupies a global slot)."""
+        assert self._semaphore is not None
+        host = _host_key(url)
+        slots = self._hosts.get(host)
+        if slots is None:
+            slots = self._hosts[host] = _HostSlots(asyncio.Semaphore(max(1, self.limits.per_host)))
+        slots.users += 1
+        try:
+            async with slots.semaphore, self._semaphore:
+                yield
+        finally:
+            slots.users -= 1
+            if slots.users == 0:  # forget idle hosts: hostile posts can name unboundedly many
+                self._hosts.pop(host, None)
 
     async def _fetch_and_cache(self, url: str, key: str) -> MediaResult:
+        if self._session is None or self._semaphore is None:
+            await self.start()
+        deadline = self.limits.deadline_s
         try:
-            async with asyncio.timeout(self.limits.deadline_s):
-                result, cacheable = await self._fetch_with_retries(url)
+            async with self._slots(url):
+                async with asyncio.timeout(deadline):
+                    result, cacheable = await self._fetch_with_retries(url)
         except TimeoutError:
-            result = MediaResult(url, "timeout", error=f"no result within {self.limits.deadline_s:g}s")
+            result = MediaResult(url, "timeout", error=f"no result within the {deadline:g}s deadline "
+                                 "(connect, redirects, headers and body, all attempts)")
             cacheable = False
         except asyncio.CancelledError:
             raise
@@ -403,25 +482,33 @@ class MediaFetcher:
         return result
 
     async def _fetch_with_retries(self, url: str) -> tuple[MediaResult, bool]:
-        """Return the result and whether it may be cached (final outcomes only, not 5xx/timeouts)."""
-        if self._session is None or self._semaphore is None:
-            await self.start()
-        assert self._semaphore is not None
+        """Return the result and whether it may be cached (final outcomes only, not 5xx/timeouts).
+
+        Runs inside the caller's slots and deadline: backoff sleeps count against the deadline too.
+        """
         lim = self.limits
-        for attempt in range(lim.retries + 1):
-            async with self._semaphore:
-                try:
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            logger.debug("media %s: %s, retry %d in %.2fs", url, error, state.attempt_number,
+                         state.next_action.sleep if state.next_action else 0.0)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(lim.retries + 1),
+            wait=(wait_exponential(multiplier=lim.backoff_s, max=max(lim.backoff_s, lim.deadline_s / 2))
+                  + wait_random(0, lim.backoff_s)),
+            retry=retry_if_exception(lambda exc: isinstance(exc, _Rejected) and exc.retryable),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
                     return await self._fetch_once(url), True
-                except _Rejected as rejected:
-                    if not rejected.retryable or attempt == lim.retries:
-                        result = MediaResult(url, rejected.status, content_type=rejected.content_type,
-                                             error=rejected.error)
-                        return result, not rejected.retryable
-                    error = rejected.error
-            delay = lim.backoff_s * 2 ** attempt * (0.5 + random.random())
-            logger.debug("media %s: %s, retry %d in %.2fs", url, error, attempt + 1, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns")
+        except _Rejected as rejected:
+            result = MediaResult(url, rejected.status, content_type=rejected.content_type, error=rejected.error)
+            return result, not rejected.retryable
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _fetch_once(self, url: str) -> MediaResult:
         body, content_type = await self._download(url)
@@ -503,6 +590,23 @@ class MediaFetcher:
             return  # a name: CheckedResolver checks what it resolves to, at connect time
         if not self.allow.permits(host, port) and not address_is_public(ip):
             raise _Rejected("blocked", f"address {ip} is not public")
+
+
+@dataclass
+class _HostSlots:
+    """One host's semaphore and how many fetches use or wait on it (0: the entry is dropped)."""
+
+    semaphore: asyncio.Semaphore
+    users: int = 0
+
+
+def _host_key(url: str) -> str:
+    """``host:port`` of a URL as posted (lower-case); unparseable URLs share one key and fail fast."""
+    try:
+        parsed = URL(url)
+        return f"{(parsed.host or '').lower()}:{parsed.port}"
+    except (ValueError, TypeError):
+        return "(unparseable)"
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
