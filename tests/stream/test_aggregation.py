@@ -198,3 +198,36 @@ def test_a_recompute_that_keeps_failing_raises_and_holds_the_batch(failing_db: E
     assert _failures() - before == 3
     assert _windows(db) == []
 
+
+@pytest.fixture(scope="module")
+def shipped_scorer() -> object:
+    from model.scorer import Scorer
+
+    return Scorer.from_checkpoint(device="cpu")
+
+
+def test_a_batch_whose_windows_cannot_be_recomputed_is_held_not_dead_lettered(
+        failing_db: Engine, shipped_scorer: object) -> None:
+    from stream.pipeline import RawMessage
+    from stream.settings import Settings
+    from stream.worker import build_processor
+
+    db = failing_db
+    processor = build_processor(Settings(windows=("1m",), media_enabled=False),
+                                db.url.render_as_string(hide_password=False), scorer=shipped_scorer)
+    posts = [Post(platform="replay", post_id=f"h{i}", text=f"held post {i}", topic="acme",
+                  created_at=T0 + timedelta(seconds=i)) for i in range(3)]
+    messages = [RawMessage("posts.raw", 0, i, p.key.encode(), p.to_json()) for i, p in enumerate(posts)]
+    _fail_window_writes(db, times=1_000)
+    with pytest.raises(WindowRecomputeError):
+        asyncio.run(processor.process(messages))
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM posts")).scalar_one() == 3  # the rows are durable
+        assert conn.execute(text("SELECT count(*) FROM dead_letters")).scalar_one() == 0  # nothing bisected away
+    assert _windows(db) == []
+    # The database recovers; the redelivered batch recomputes the windows it could not before.
+    with db.begin() as conn:
+        conn.execute(text("DROP TRIGGER fail_windows ON window_aggregates"))
+    report = asyncio.run(processor.process(messages))
+    assert report.dead_letters == [] and report.scored == 3
+    assert [(w[0], w[2], w[3]) for w in _windows(db)] == [("acme", 60, 3)]
