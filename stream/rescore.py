@@ -69,11 +69,12 @@ class RescoreReport:
     rescored: int = 0
     picture_not_refetched: Counter[str] = field(default_factory=Counter)  # media status -> posts kept
     would_drop_picture: int = 0  # --no-media would have replaced a text+image row of this version
+    other_language: int = 0  # in a language its topic does not score (stream/language.py): left unscored
     window_lengths_s: tuple[int, ...] = ()
 
     @property
     def kept(self) -> int:
-        return sum(self.picture_not_refetched.values()) + self.would_drop_picture
+        return sum(self.picture_not_refetched.values()) + self.would_drop_picture + self.other_language
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -141,6 +142,9 @@ def describe(report: RescoreReport, args: argparse.Namespace, model_version: str
     if report.would_drop_picture:
         lines.append(f"kept {report.would_drop_picture} posts as stored: --no-media would replace their "
                      f"text+image score of model {model_version} with a text-only one")
+    if report.other_language:
+        lines.append(f"left {report.other_language} posts unscored: their language is not one their topic "
+                     "scores (languages in SENTISTREAM_TOPICS_FILE; the reason is in posts.unscored_reason)")
     if report.rescored or report.kept:
         lines.append(f"{scored} of {in_span} posts {where} now have model version {model_version}")
     return "\n".join(lines)
@@ -180,8 +184,9 @@ async def rescore(engine: Engine, scorer: Any, settings: Settings, *, since: dat
     from stream.aggregation import WindowAlertStage
     from stream.media import MediaFetcher
     from stream.sink import PostgresSink, SinkRecord
-    from stream.worker import media_stage, score_input_factory
+    from stream.worker import load_language_gate, media_stage, score_input_factory
 
+    gate = load_language_gate(settings)  # the worker's rule: never score a language as if it were English
     report = RescoreReport(window_lengths_s=window_lengths(engine, settings.window_lengths_s))
     sink = PostgresSink(engine)
     build_input = score_input_factory()
@@ -207,6 +212,9 @@ async def rescore(engine: Engine, scorer: Any, settings: Settings, *, since: dat
             fetched = await fetch(posts) if fetch is not None else None
             chosen: list[tuple[Post, list[Any]]] = []
             for i, (row, post) in enumerate(zip(rows, posts, strict=True)):
+                if gate.reason_to_skip(post):
+                    report.other_language += 1
+                    continue
                 images: list[Any] = []
                 if row.image_urls and fetched is None:  # --no-media
                     if "image" in (row.stored_modalities or ()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime
@@ -238,3 +239,35 @@ def test_the_worker_refuses_a_bad_topics_file_before_starting(tmp_path: Path) ->
     with pytest.raises(SettingsError, match=r"SENTISTREAM_TOPICS_FILE: .*topics\.t\.languages: 'english'"):
         load_language_gate(Settings.from_env({"SENTISTREAM_TOPICS_FILE": str(path)}))
     assert load_language_gate(Settings.from_env({})).allowed("any") == {"en"}
+
+
+@pytest.mark.slow
+def test_rescore_leaves_other_languages_unscored(embedded_db: str) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from stream.migrate import make_engine
+    from stream.sink import PostgresSink, SinkRecord
+    from tests.stream.test_rescore import _run_rescore
+
+    engine = make_engine(embedded_db)
+    now = datetime.now(UTC)
+    an_hour_ago = now - timedelta(hours=1)
+    english = dataclasses.replace(post(ENGLISH, topic="airline"), post_id="en", created_at=an_hour_ago)
+    french = dataclasses.replace(post(FRENCH, lang="fr", topic="airline"), post_id="fr", created_at=an_hour_ago)
+    reason = LanguageGate().reason_to_skip(french)
+    assert reason is not None
+    PostgresSink(engine).write([SinkRecord(english), SinkRecord(french, unscored_reason=reason)])
+    try:
+        done = _run_rescore(embedded_db, "--since", "1d")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "rescored 1 posts" in done.stdout and "left 1 posts unscored: their language" in done.stdout
+        with engine.connect() as conn:
+            stored = dict(conn.execute(text(
+                "SELECT p.post_id, (SELECT count(*) FROM sentiments s WHERE s.post_pk = p.id) FROM posts p")).all())
+            kept_reason = conn.execute(text("SELECT unscored_reason FROM posts WHERE post_id = 'fr'")).scalar()
+    finally:
+        engine.dispose()
+    assert stored == {"en": 1, "fr": 0}
+    assert kept_reason == reason
