@@ -3,7 +3,8 @@
 Why a gate and not a filter: a French post about a topic is still a post about it (volume, trends,
 audit), but its "sentiment" from an English-only model would be noise that can raise a false alert.
 So the worker stores it with ``posts.unscored_reason`` saying which language it was and why it was
-not scored; ``sentistream rescore`` can score it later with a model that reads that language.
+not scored.  ``sentistream rescore`` applies the same gate, so it scores such a post only once its
+topic's ``languages`` include that language (with a model that reads it).
 
 Which language a post is in, in order:
 
@@ -15,7 +16,8 @@ Which language a post is in, in order:
    @mentions, #hashtags and HTML entities.  It answers only when the text has at least
    ``MIN_LETTERS`` letters and it is at least ``MIN_CONFIDENCE`` sure.  Measured on this repo's data:
    at 0.8 it called none of 1,000 English TweetEval tweets non-English and 27 of ~30,000 SemEval
-   tweets (most of them really Tagalog, Dutch, Italian or Spanish); about 17k posts/s on one core.
+   tweets (most of them really Tagalog, Dutch, Italian or Spanish); 6k-14k posts/s on one shared
+   core (``python -m bench.language``).
 3. Otherwise the language is unknown and the post is scored: emoji-only and very short posts carry
    little language, and dropping them would hide a burst of "😡✈️" replies.
 
