@@ -271,3 +271,28 @@ def test_rescore_leaves_other_languages_unscored(embedded_db: str) -> None:
         engine.dispose()
     assert stored == {"en": 1, "fr": 0}
     assert kept_reason == reason
+
+
+def test_each_connector_hands_the_gate_the_platforms_language_tag() -> None:
+    """Twitter ``lang``, Bluesky ``langs[0]``, Mastodon ``language`` reach ``Post.lang``; Reddit has no tag,
+    so its posts are identified from the text."""
+    from connectors.bluesky import BlueskyConnector
+    from connectors.credentials import Secret
+    from connectors.mastodon import MastodonConnector
+    from connectors.twitter import TwitterConnector
+    from tests.connectors.test_bluesky import post_event
+    from tests.connectors.test_mastodon import status
+
+    topics = parse_topics({"topics": {"metro": {"keywords": ["metro", "metrostrike"]}}})
+    twitter = TwitterConnector(None, None, topics, bearer_token=Secret("unused"))
+    tweet = twitter.to_post({"data": {"id": "1", "text": "grève du metro", "lang": "fr",
+                                      "created_at": "2026-11-30T12:00:00Z"},
+                             "matching_rules": [{"tag": "sentistream:metro"}]})
+    mastodon = MastodonConnector(None, None, topics, instance_url="https://mastodon.example")
+    toot = mastodon.to_post(status(101, "grève du metro", language="fr"))
+    bluesky = BlueskyConnector(None, None, topics)
+    skeet = bluesky.to_post(json.loads(post_event(1, "3kaa", "grève du metro", langs=["fr-FR", "en"])))
+    gate = LanguageGate()
+    for name, p in (("twitter", tweet), ("mastodon", toot), ("bluesky", skeet)):
+        assert p is not None and primary_language(p.lang) == "fr", (name, p)
+        assert "fr (tagged by the platform)" in (gate.reason_to_skip(p) or ""), name
