@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2 as transforms
 
 from model.inputs import normalize_text
+from model.progress import quiet_library_progress_bars
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class TextEncoder(nn.Module):
             source = name_or_path
             self.name = Path(name_or_path).name if Path(name_or_path).exists() else name_or_path
         self.max_length = max_length
+        quiet_library_progress_bars()  # no "Loading weights" bar in a worker's log file
         self.tokenizer = AutoTokenizer.from_pretrained(str(source))
         self.model = AutoModel.from_pretrained(str(source))
         self.model.eval()

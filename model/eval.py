@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from model import data, metrics
 from model.baselines import MajorityBaseline, VaderBaseline
 from model.labels import LABEL_TO_INDEX, LABELS
 from model.plots import plot_confusion_matrix
+from model.progress import progress_bar
 
 if TYPE_CHECKING:
     from model.scorer import Scorer
@@ -264,7 +264,7 @@ def predict_with_scorer(
     probabilities: list[list[float]] = []
     version = ""
     batches = range(0, len(examples), batch_size)
-    for start in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+    for start in progress_bar(batches, enabled=progress, desc="scoring", unit="batch"):
         chunk = examples[start : start + batch_size]
         posts = [ScoreInput(text=example.text, images=_open_image(example.image_path)) for example in chunk]
         for result in scorer.score(posts):

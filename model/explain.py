@@ -29,13 +29,13 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2 as transforms
-from tqdm import tqdm
 
 from model import data
 from model.config import MODALITIES, ModelConfig
 from model.encoders import IMAGE_SIZE, RESIZE_SIZE, ImageEncoder, TextEncoder
 from model.labels import LABELS
 from model.plots import plot_gradcam_overlay, plot_token_attention
+from model.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ def filter_ngrams(
     activations: list[np.ndarray] = []  # per valid position: (channels,)
     spans: list[list[str]] = []  # per valid position: n-gram per kernel size
     post_max: list[np.ndarray] = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="filters", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(texts), batch_size), enabled=progress, desc="filters", unit="batch"):
         features, mask, ids = explainer.encode_texts(texts[start : start + batch_size])
         with torch.inference_mode():
             tokens = features

@@ -41,10 +41,10 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from model.data import SPLITS, Example, load_split
 from model.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, ImageEncoder, TextEncoder
+from model.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,8 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _progress(iterable: Iterator[Any] | Sequence[Any] | None = None, **kwargs: Any) -> Any:
-    # In a log file (background run) a redraw every few seconds is plenty.
-    interactive = sys.stderr.isatty()
-    return tqdm(iterable, mininterval=0.5 if interactive else 15.0, **kwargs)
+    # A bar on a terminal only (model.progress); a background run logs each split's summary instead.
+    return progress_bar(iterable, mininterval=0.5, **kwargs)
 
 
 @dataclass(frozen=True)

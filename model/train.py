@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
-from tqdm import tqdm
 
 from model import metrics
 from model.checkpoint import build_network
 from model.config import ModelConfig
 from model.network import PROXY_INTENSITY, SentimentNet
+from model.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -210,8 +210,7 @@ def train_one_epoch(net: SentimentNet, loader: DataLoader, optimizer: torch.opti
     net.train()
     total_loss, steps, examples = 0.0, 0, 0
     started = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1.0)
     for batch in bar:
         batch = _to_device(batch, device)
         output = net(batch)
@@ -273,7 +272,7 @@ def evaluate(net: SentimentNet, loader: DataLoader, device: torch.device, progre
     batch_sampler = loader.batch_sampler
     batch_indices = iter(batch_sampler) if batch_sampler is not None else None
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, enabled=progress, desc=desc, unit="batch", leave=False):
             if batch_indices is not None:
                 indices.extend(next(batch_indices))
             batch = _to_device(batch, device)

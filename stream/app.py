@@ -198,6 +198,7 @@ def run_worker(settings: Settings, broker: BrokerTarget, processor_factory: Proc
 
     worker = Worker(app, loglevel=settings.log_level.upper() if settings.log_level != "warning" else "WARN",
                     quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.spinner = None  # its backspaces and cursor escapes land in log files; our log lines tell start-up
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

