@@ -38,21 +38,39 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--only-dataset-skips", action="store_true",
+                     help="fail any skipped test that is not marked dataset (CI's run without a data folder)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With ``--only-dataset-skips`` (CI's run without a data folder), a skipped test that is not a
+    ``dataset`` evaluation fails: pure tests must never skip, so a new skip is caught at once."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and item.config.getoption("--only-dataset-skips")
+            and item.get_closest_marker("dataset") is None and not hasattr(report, "wasxfail")):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but only dataset-marked tests may skip in this run: {report.longrepr}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip a ``dataset`` test when a data set it reads is not there; every other test always runs.
 
     Tests that need only *some* tweets and pictures use tests/fixtures/mini_data.py instead, so a
     fresh clone without ../shared/data still runs them."""
-    marker = item.get_closest_marker("dataset")
-    if marker is None:
-        return
     from model.data import data_dir
 
     root = data_dir()
-    missing = [name for name in (marker.args or FULL_DATA_SETS) if not (root / name).is_dir()]
-    if missing:
-        pytest.skip(f"full data set {', '.join(missing)} not under {root} (set SENTISTREAM_DATA_DIR)")
+    for item in items:
+        marker = item.get_closest_marker("dataset")
+        if marker is None:
+            continue
+        missing = [name for name in (marker.args or FULL_DATA_SETS) if not (root / name).is_dir()]
+        if missing:
+            reason = f"full data set {', '.join(missing)} not under {root} (set SENTISTREAM_DATA_DIR)"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
