@@ -299,13 +299,13 @@ def evaluate_checkpoint(
     if dataset not in SPLITS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     started = time.perf_counter()
-    examples, train_labels = load_split(dataset)
-    if limit is not None:
-        examples = examples[:limit]
-    if scorer is None:
+    if scorer is None:  # first: an unusable checkpoint fails before the data set is read
         from model.scorer import Scorer
 
         scorer = Scorer.from_checkpoint(checkpoint, device=device)
+    examples, train_labels = load_split(dataset)
+    if limit is not None:
+        examples = examples[:limit]
     scored = predict_with_scorer(scorer, examples, batch_size=batch_size, progress=progress)
     if checkpoint is not None:
         checkpoint_name = str(checkpoint)

@@ -17,7 +17,6 @@ from model.checkpoint import FORMAT_VERSION, CheckpointError
 from model.config import ModelConfig
 from model.network import SentimentNet
 from model.scorer import Scorer
-from tests.fixtures.mini_data import mini_data_dir
 from tests.model.real_features import tiny_real_batch
 
 torch.set_num_threads(2)
@@ -265,8 +264,9 @@ def test_rescore_with_an_unusable_checkpoint_exits_2_with_one_line(kind, good_ch
 
 def test_model_eval_with_a_malicious_checkpoint_exits_2(good_checkpoint, tmp_path):
     path = _damage("malicious-pickle", good_checkpoint, tmp_path)
+    # The checkpoint is refused before the data set is read: an empty data folder does not matter.
     done = _cli(["model", "eval", "--checkpoint", str(path), "--dataset", "mvsa-dev", "--limit", "2"],
-                {"SENTISTREAM_DATA_DIR": str(mini_data_dir())})
+                {"SENTISTREAM_DATA_DIR": str(tmp_path)})
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "cannot use model checkpoint" in done.stderr
     assert not (tmp_path / "pwned").exists()
