@@ -15,20 +15,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from connectors.base import AuthError, BackoffPolicy, ConfigError, Connector
 from connectors.broker import BrokerTarget
-from connectors.credentials import Credentials, MissingCredentialError
-from connectors.cursor import CursorStoreError, PostgresCursorStore
 from connectors.platform_access import PLATFORM_ACCESS
-from connectors.publisher import KafkaPublisher, PublishError
-from connectors.topics import TopicsConfig, TopicsConfigError, load_topics
+
+if TYPE_CHECKING:  # the parsers are built on every `sentistream` call: Kafka and SQLAlchemy load per command
+    from connectors.base import BackoffPolicy, Connector
+    from connectors.credentials import Credentials
+    from connectors.publisher import KafkaPublisher
+    from connectors.topics import TopicsConfig
 
 log = logging.getLogger("sentistream.ingest")
 
@@ -54,8 +56,16 @@ def register(subparsers: argparse._SubParsersAction, resolve_services: ResolveSe
     ingest = subparsers.add_parser("ingest", help="run a connector: social platform or JSONL replay -> Kafka")
     sources = ingest.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
-    p = sources.add_parser("replay", help="replay a JSONL file of normalized posts")
+    p = sources.add_parser(
+        "replay", help="replay a JSONL file of normalized posts",
+        description="Replay a JSONL file of normalized posts into Kafka. Needs a broker that outlives this "
+                    "command: SENTISTREAM_KAFKA, or a running `sentistream worker`'s embedded broker. Bad "
+                    "lines do not stop the run; they go to the rejects file with line number and reason.")
     p.add_argument("file", type=Path)
+    p.add_argument("--rejects", type=Path, default=None, metavar="FILE",
+                   help="where bad lines go, one JSON object each: line, reason, raw (default FILE.rejects "
+                        "beside the input, or $SENTISTREAM_HOME/rejects/ when that folder is read-only; "
+                        "only kept when there are bad lines)")
     p.add_argument("--rate", default=None, help="at most N posts per second, e.g. 200/s or 600/m")
     p.add_argument("--speedup", type=float, default=None,
                    help="keep the original gaps between created_at timestamps, divided by X")
@@ -143,8 +153,20 @@ def _on_signals(handler: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _default_rejects(beside_input: Path, settings: Any) -> Path:
+    """Beside the input when that folder is writable; else the state directory (a read-only mount of
+    the input, as in docker-compose, must not stop a replay that has no bad line at all)."""
+    if os.access(beside_input.parent, os.W_OK) and (not beside_input.exists() or os.access(beside_input, os.W_OK)):
+        return beside_input
+    home = getattr(settings, "home", None)
+    folder = Path(home) / "rejects" if home else Path.cwd()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / beside_input.name
+
+
 def cmd_replay(args: argparse.Namespace, resolve: ResolveServices, settings: Any = None) -> int:
-    from connectors.replay import parse_rate, replay_file
+    from connectors.publisher import KafkaPublisher, PublishError
+    from connectors.replay import default_rejects_path, parse_rate, replay_file
 
     try:
         rate = parse_rate(args.rate)
@@ -154,6 +176,10 @@ def cmd_replay(args: argparse.Namespace, resolve: ResolveServices, settings: Any
     if not args.file.is_file():
         _err(f"error: {args.file} is not a file")
         return EXIT_CONFIG
+    rejects = args.rejects or _default_rejects(default_rejects_path(args.file), settings)
+    if rejects.resolve() == args.file.resolve():
+        _err(f"error: --rejects {rejects} is the input file")
+        return EXIT_CONFIG
     stop = threading.Event()
     _serve_metrics(args.metrics_port)
     with _services(resolve, need_database=False) as (target, _db):
@@ -162,15 +188,19 @@ def cmd_replay(args: argparse.Namespace, resolve: ResolveServices, settings: Any
         try:
             with KafkaPublisher(target, topic) as publisher, _on_signals(stop.set):
                 report = replay_file(args.file, publisher, rate=rate, speedup=args.speedup,
-                                     topic=args.topic, stop=stop)
+                                     topic=args.topic, stop=stop, rejects=rejects)
         except PublishError as exc:
             _err(f"error: {exc}")
             return EXIT_PUBLISH
+        except OSError as exc:  # the rejects file cannot be written: found before the first post is sent
+            _err(f"error: cannot write the rejects file {rejects}: {exc.strerror or exc} (set --rejects)")
+            return EXIT_CONFIG
     for line_no, reason in report.invalid[:50]:
         _err(f"{args.file}:{line_no}: skipped: {reason}")
     if len(report.invalid) > 50:
         _err(f"... and {len(report.invalid) - 50} more invalid lines")
-    _out(f"replayed {report.sent} posts to {topic}; {len(report.invalid)} invalid lines skipped"
+    kept = f" (written to {report.rejects_path} with line numbers)" if report.rejects_path else ""
+    _out(f"replayed {report.sent} posts to {topic}; {len(report.invalid)} invalid lines skipped{kept}"
          + ("; stopped early" if report.stopped_early else ""))
     return EXIT_OK
 
@@ -179,6 +209,7 @@ def build_connector(platform: str, args: argparse.Namespace, publisher: KafkaPub
                     topics: TopicsConfig, credentials: Credentials,
                     backoff: BackoffPolicy | None = None) -> Connector:
     """The platform's connector with its credentials; raises MissingCredentialError when one is absent."""
+    from connectors.credentials import MissingCredentialError
     common: dict[str, Any] = {"source": args.source_name or platform, "backoff": backoff}
     if args.poll_interval is not None:
         common["poll_interval_s"] = args.poll_interval
@@ -214,6 +245,12 @@ def build_connector(platform: str, args: argparse.Namespace, publisher: KafkaPub
 
 
 def cmd_platform(platform: str, args: argparse.Namespace, resolve: ResolveServices, settings: Any = None) -> int:
+    from connectors.base import AuthError, ConfigError
+    from connectors.credentials import Credentials, MissingCredentialError
+    from connectors.cursor import CursorStoreError, PostgresCursorStore
+    from connectors.publisher import KafkaPublisher, PublishError
+    from connectors.topics import TopicsConfigError, load_topics
+
     try:
         topics = load_topics(args.topics)
         credentials = Credentials(args.secrets_file)

@@ -14,9 +14,12 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from connectors.broker import BrokerTarget
 from stream.settings import Settings, SettingsError
+
+if TYPE_CHECKING:  # building the parser imports nothing heavy: `sentistream --help` answers at once
+    from connectors.broker import BrokerTarget
 
 log = logging.getLogger("sentistream")
 
@@ -38,14 +41,39 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
+class BrokerNotRunningError(RuntimeError):
+    """No broker is configured and no embedded one is running: a private one would lose what it gets."""
+
+
 @contextlib.contextmanager
 def resolve_broker_and_database(need_database: bool = True) -> Iterator[tuple[BrokerTarget, str]]:
-    """What connectors get instead of importing stream: a broker target and a database URL."""
+    """What connectors get instead of importing stream: a broker target and a database URL.
+
+    Never starts a broker.  The embedded one keeps records in memory only and stops with the process
+    that started it, so an ``ingest`` that started its own would report posts as delivered and then
+    take them with it.  With no broker configured, it joins the embedded broker of a running
+    ``sentistream worker`` (found through the discovery file) or refuses, saying how to fix it.
+    """
+    from connectors.broker import BrokerTarget
+    from stream.embedded import _discovered_broker as running_embedded_broker  # the worker's, if alive
     from stream.embedded import services
 
     settings = Settings.from_env()
-    with services(settings, need_database=need_database) as resolved:
-        yield resolved.broker, resolved.database_url
+    if settings.kafka:
+        with services(settings, need_database=need_database) as resolved:
+            yield resolved.broker, resolved.database_url
+        return
+    found = running_embedded_broker(settings.run_dir)
+    if found is None:
+        raise BrokerNotRunningError(
+            "no Kafka broker to send posts to: SENTISTREAM_KAFKA is not set and no embedded broker is "
+            f"running (none advertised in {settings.run_dir / 'broker.json'}). Start `sentistream worker` "
+            "first (it starts the embedded broker and keeps it while it runs), or set SENTISTREAM_KAFKA "
+            "to a broker's host:port. Ingest does not start a broker of its own: the embedded one lives "
+            "in memory only and would lose the posts when ingest exits.")
+    log.info("sending to the embedded broker of the running worker at %s", found)
+    with services(settings, need_broker=False, need_database=need_database) as resolved:
+        yield BrokerTarget(found, embedded=True), resolved.database_url
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -210,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from model.checkpoint_error import CheckpointError
         from stream.migrate import SchemaOutdatedError
 
-        if isinstance(exc, SchemaOutdatedError | FileNotFoundError | SettingsError | CheckpointError):
+        if isinstance(exc, SchemaOutdatedError | FileNotFoundError | SettingsError | CheckpointError
+                      | BrokerNotRunningError):
             log.error("%s", exc)
             return 2
         raise

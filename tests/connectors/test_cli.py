@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 
 from connectors import cli
 from connectors.broker import BrokerTarget
+from stream.settings import Settings
 from tests.connectors.conftest import read_topic
 from tests.connectors.fakes import FakeServer, Request, Responder, wait_until
 from tests.connectors.test_mastodon import sse, status
@@ -39,9 +40,83 @@ def test_replay_command_reports_invalid_lines(tmp_path: Path, broker_target: Bro
     args = _parser(broker_target).parse_args(["ingest", "replay", str(path), "--kafka-topic", topic, "--rate", "100/s"])
     assert args.func(args, None) == 0
     out, err = capsys.readouterr()
-    assert f"replayed 2 posts to {topic}; 1 invalid lines skipped" in out
+    rejects = tmp_path / "feed.jsonl.rejects"
+    assert f"replayed 2 posts to {topic}; 1 invalid lines skipped (written to {rejects} with line numbers)" in out
     assert f"{path}:2: skipped: not valid JSON" in err
     assert sorted(k for k, _ in read_topic(broker_target, topic, expect=2)) == ["replay:a1", "replay:a2"]
+    (kept,) = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert kept["line"] == 2 and kept["raw"] == "{oops" and kept["reason"].startswith("not valid JSON")
+
+
+def test_replay_refuses_a_rejects_path_it_cannot_write_before_sending(
+        tmp_path: Path, broker_target: BrokerTarget, topic: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "feed.jsonl"
+    path.write_text(json.dumps({"platform": "replay", "post_id": "a1", "text": "hello",
+                                "created_at": "2026-01-01T00:00:00Z"}) + "\n")
+    args = _parser(broker_target).parse_args(["ingest", "replay", str(path), "--kafka-topic", topic,
+                                              "--rejects", str(tmp_path / "no-such-dir" / "r")])
+    assert args.func(args, None) == cli.EXIT_CONFIG
+    assert "cannot write the rejects file" in capsys.readouterr().err
+    assert read_topic(broker_target, topic, settle_s=0.3, timeout_s=3) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder; needs a normal user")
+def test_replay_from_a_read_only_folder_keeps_rejects_in_the_state_directory(
+        tmp_path: Path, broker_target: BrokerTarget, topic: str, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "mounted"
+    inputs.mkdir()
+    path = inputs / "feed.jsonl"
+    path.write_text("{oops\n")
+    inputs.chmod(0o555)
+    try:
+        args = _parser(broker_target).parse_args(["ingest", "replay", str(path), "--kafka-topic", topic])
+        assert args.func(args, Settings(home=tmp_path / "home")) == 0
+    finally:
+        inputs.chmod(0o755)
+    kept = tmp_path / "home" / "rejects" / "feed.jsonl.rejects"
+    assert f"written to {kept}" in capsys.readouterr().out
+    assert json.loads(kept.read_text())["line"] == 1
+
+
+def _cli(tmp_path: Path, *argv: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    """`sentistream ...` as a user runs it: no broker configured, a private state directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTISTREAM_")}
+    env.update(SENTISTREAM_HOME=str(tmp_path / "home"), SENTISTREAM_DATABASE_URL="postgresql://nobody@127.0.0.1:1/x",
+               **env_extra)
+    return subprocess.run([sys.executable, "-m", "stream.cli", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("source", ["replay", "mastodon"])
+def test_ingest_without_a_broker_refuses_instead_of_starting_a_private_one(tmp_path: Path, source: str) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(json.dumps({"platform": "replay", "post_id": "a1", "text": "hello",
+                                "created_at": "2026-01-01T00:00:00Z"}) + "\n")
+    topics = tmp_path / "topics.yaml"
+    topics.write_text("topics:\n  metro-strike:\n    keywords: [metro strike]\n")
+    argv = ["ingest", "replay", str(feed)] if source == "replay" else [
+        "ingest", "mastodon", "--topics", str(topics), "--instance", "http://127.0.0.1:1"]
+    done = _cli(tmp_path, *argv)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "no Kafka broker to send posts to" in done.stderr
+    assert "Start `sentistream worker` first" in done.stderr and "SENTISTREAM_KAFKA" in done.stderr
+    assert "replayed" not in done.stdout
+    assert not (tmp_path / "home" / "run" / "broker.log").exists()  # no embedded broker was started
+
+
+def test_ingest_sends_to_the_embedded_broker_a_running_worker_advertises(tmp_path: Path) -> None:
+    from stream.embedded import services
+
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("".join(json.dumps({"platform": "replay", "post_id": f"w{i}", "text": "hello",
+                                        "created_at": "2026-01-01T00:00:00Z"}) + "\n" for i in range(3)))
+    # What `sentistream worker` does at start: an embedded broker, advertised in <home>/run/broker.json.
+    with services(Settings(home=tmp_path / "home"), need_database=False) as worker_side:
+        done = _cli(tmp_path, "ingest", "replay", str(feed), "--kafka-topic", "posts.joined")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "replayed 3 posts to posts.joined" in done.stdout
+        records = read_topic(worker_side.broker, "posts.joined", expect=3)
+    assert sorted(k for k, _ in records) == ["replay:w0", "replay:w1", "replay:w2"]
 
 
 def test_replay_command_rejects_a_bad_rate(tmp_path: Path, broker_target: BrokerTarget,
