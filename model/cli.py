@@ -26,6 +26,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "features": ("model.features", "cache frozen MiniLM / EfficientNet features"),
 }
 
+# Packages of the optional extras (pyproject.toml): a verb that needs one says which extra to install.
+EXTRA_PROVIDING: dict[str, str] = {"vaderSentiment": "eval", "tensorboard": "train"}
+
 
 def _run_verb(args: argparse.Namespace, *_: Any) -> int:
     module = importlib.import_module(VERBS[args.model_verb][0])
@@ -50,7 +53,15 @@ class VerbParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
-        module = importlib.import_module(self.module_name)
+        try:
+            module = importlib.import_module(self.module_name)
+        except ModuleNotFoundError as exc:
+            package = (exc.name or "").split(".")[0]
+            extra = EXTRA_PROVIDING.get(package)
+            if extra is None:
+                raise
+            self.error(f"{package} is not installed; it comes with the '{extra}' extra: "
+                       f"pip install -c constraints.txt '.[{extra}]' (make install includes it)")
         if hasattr(module, "add_arguments") and hasattr(module, "run"):
             if not self._options_added:
                 module.add_arguments(self)

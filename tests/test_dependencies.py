@@ -17,6 +17,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +163,24 @@ def test_make_and_the_dockerfile_install_with_the_constraints() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"COPY [^\n]*constraints\.txt", dockerfile)
     assert re.search(r"pip install [^\n]*-c constraints\.txt", dockerfile)
+
+
+def test_the_extras_map_of_the_model_cli_matches_pyproject() -> None:
+    from model.cli import EXTRA_PROVIDING
+
+    for package, extra in EXTRA_PROVIDING.items():
+        assert distributions_of(package) & EXTRAS[extra], f"{package} is not in the {extra!r} extra"
+
+
+def test_a_verb_whose_extra_is_missing_says_which_extra_to_install(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from stream.cli import build_parser
+
+    for module in ("model.eval", "model.baselines"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setitem(sys.modules, "vaderSentiment", None)  # import fails as if not installed
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["model", "eval", "--help"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "vaderSentiment is not installed" in error and ".[eval]" in error
