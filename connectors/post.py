@@ -41,6 +41,9 @@ EARLIEST_TIME = datetime(2005, 1, 1, tzinfo=UTC)  # before any supported platfor
 MAX_CLOCK_SKEW = timedelta(days=1)  # a source's clock may run ahead; further ahead is a broken timestamp
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# a whole string (possessive: never backtracks), a bracket, or the quote of an unterminated string
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*+"|[\[\]{}]|"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class PostDecodeError(ValueError):
@@ -175,6 +178,10 @@ class Post:
     @classmethod
     def from_dict(cls, data: Any) -> Post:
         """Validate and build a Post; raise PostDecodeError with a human-readable reason."""
+        return cls._from_mapping(data, check_raw=True)
+
+    @classmethod
+    def _from_mapping(cls, data: Any, *, check_raw: bool) -> Post:
         if not isinstance(data, Mapping):
             raise PostDecodeError(f"post must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version", SCHEMA_VERSION)
@@ -223,7 +230,7 @@ class Post:
         raw = data.get("raw")
         if raw is not None and not isinstance(raw, Mapping):
             raise PostDecodeError("raw must be an object when present")
-        if raw is not None:
+        if raw is not None and check_raw:  # from_json has checked the whole message already
             check_json_tree(raw, "raw")
         ingested = data.get("ingested_at")
         return cls(
@@ -245,7 +252,7 @@ class Post:
     @classmethod
     def from_json(cls, payload: bytes | str) -> Post:
         """Decode a Kafka value or a JSONL line, strictly (see the limits at the top of this module)."""
-        return cls.from_dict(decode_json(payload))
+        return cls._from_mapping(decode_json(payload), check_raw=False)
 
 
 def decode_json(payload: bytes | str | bytearray) -> Any:
@@ -261,6 +268,9 @@ def decode_json(payload: bytes | str | bytearray) -> Any:
             raise PostDecodeError(f"not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
     else:
         text = payload
+        _no_surrogates("message", text)
+    if not _depth_within_limit(text):
+        raise PostDecodeError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(text, object_pairs_hook=_unique_keys, parse_int=_parse_int,
                           parse_float=_parse_float, parse_constant=_reject_constant)
@@ -272,8 +282,27 @@ def decode_json(payload: bytes | str | bytearray) -> Any:
         raise PostDecodeError(f"not valid JSON: {exc}") from exc
     except ValueError as exc:  # anything else the parser refuses is still bad input, not a crash
         raise PostDecodeError(f"not valid JSON: {exc}") from exc
-    check_json_tree(data, "message")
+    if _SURROGATE_ESCAPE.search(text):  # only a \uD800-\uDFFF escape makes a lone surrogate
+        check_json_tree(data, "message")
     return data
+
+
+def _depth_within_limit(text: str) -> bool:
+    """Bracket depth outside strings, checked before the parser recurses; linear in the message size."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return True
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token == "[" or token == "{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif token == "]" or token == "}":
+            depth -= 1
+        elif token == '"':
+            return True  # an unterminated string: not JSON, and the parser says where
+    return True
 
 
 def check_json_tree(value: Any, where: str) -> None:

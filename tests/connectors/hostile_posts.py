@@ -115,6 +115,9 @@ def hostile_cases(now: datetime | None = None) -> list[HostileCase]:
     dead(c, "raw-33-deep", encoded(post("raw-33-deep", raw={"a": _nested(32)})), "nested deeper")
     dead(c, "raw-10000-deep", _raw_text("raw-10000-deep", '"raw":' + "[" * 10_000 + "]" * 10_000), "nested")
     dead(c, "unclosed-100k", b"[" * 100_000, "")
+    # the depth pre-scan must stay linear on an unterminated string of escaped quotes (a naive regex
+    # scan restarts at every quote: minutes for this one)
+    dead(c, "deep-then-unterminated", b"[" * 33 + b'"' + b'\\"' * 200_000, "nested deeper")
     stored(c, "raw-31-deep", encoded(post("raw-31-deep", raw={"a": _nested(30)})))
 
     # -- integers
