@@ -316,14 +316,15 @@ class BatchProcessor:
         try:
             results = await self._score_inputs([x for _, x in todo])
         except Exception as exc:  # noqa: BLE001 - find the post(s) the model cannot take
-            if self.model_batch_failures >= self.model_failures_unhealthy:
-                # the model is already known to be failing: don't bisect every batch, store them unscored
+            inputs = [x for _, x in todo]
+            if self.model_batch_failures >= self.model_failures_unhealthy and not await self._probe(inputs):
+                # the model is known to be failing and fails one post alone too: don't bisect every batch
                 log.error("model still failing (%s); %d posts stored unscored", exc, len(todo))
                 outcome: list[Any] = [exc] * len(todo)
             else:
                 log.warning("scoring a batch of %d failed (%s: %s); isolating the posts the model cannot "
                             "take", len(todo), type(exc).__name__, exc)
-                outcome = await self._score_bisect([x for _, x in todo])
+                outcome = await self._score_bisect(inputs)
         else:
             outcome = results
         n_scored = 0
@@ -344,6 +345,18 @@ class BatchProcessor:
         if len(results) != len(inputs):
             raise RuntimeError(f"scorer returned {len(results)} results for {len(inputs)} posts")
         return results
+
+    async def _probe(self, inputs: list[Any]) -> bool:
+        """Can the model score anything?  The first and the last post alone: a sick model costs three
+        calls a batch, and a model that recovered is noticed even when its batches carry a post it
+        cannot take."""
+        for probe in {0, len(inputs) - 1}:
+            try:
+                await self._score_inputs(inputs[probe:probe + 1])
+            except Exception:  # noqa: BLE001
+                continue
+            return True
+        return False
 
     async def _score_bisect(self, inputs: list[Any]) -> list[Any]:
         """Score halves until the failing inputs are alone; a failing input's slot holds its exception."""

@@ -178,13 +178,30 @@ def test_model_turns_unhealthy_after_k_whole_batch_failures_and_recovers(engine:
     assert [s[0] for s in states] == [False] and "2 batches in a row" in states[-1][1]
     calls_before = len(scorer.prepare_calls)
     third = batch(3)
-    assert len(scorer.prepare_calls) == calls_before + 1  # a known-sick model is not bisected every batch
+    # a known-sick model is not bisected every batch: the batch, then its first and last post alone
+    assert scorer.prepare_calls[calls_before:] == [4, 1, 1]
     assert len(third.unscored_reasons) == 4
     assert _rows(engine, "SELECT count(*) FROM posts WHERE unscored_reason IS NOT NULL") == [(12,)]
 
     scorer.broken = False
     assert batch(4).scored == 4
     assert states[-1] == (True, None) and processor.model_batch_failures == 0
+
+
+def test_a_recovered_model_is_noticed_even_when_every_batch_has_a_post_it_cannot_take(engine: Engine) -> None:
+    scorer = PickyScorer(broken=True)
+    processor, states = _processor(engine, scorer, model_failures_unhealthy=1)
+
+    def batch(n: int) -> Any:
+        texts = [f"good {n}.{i}" for i in range(5)]
+        texts[0] = "\u2603CHOKE first"  # the probe's first pick always fails
+        return asyncio.run(processor.process(_messages(_posts(texts, prefix=f"r{n}-"), first_offset=10 * n)))
+
+    assert batch(1).scored == 0 and states[-1][0] is False
+    scorer.broken = False
+    report = batch(2)
+    assert report.scored == 4 and report.unscored_reasons == ["model error: ValueError: tokenizer cannot take this text"]
+    assert states[-1] == (True, None)
 
 
 def test_skip_scoring_hook_stores_the_reason_and_scoring_later_clears_it(engine: Engine) -> None:
