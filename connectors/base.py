@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from prometheus_client import Counter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never
 from tenacity.wait import wait_base
 
 from connectors import backoff
@@ -95,6 +96,15 @@ def error_for_status(status: int, platform: str, detail: str = "",
     if status in (400, 404, 422):
         return ConfigError(f"{platform} rejected the request (HTTP {status}){detail}")
     return TransientError(f"{platform} answered HTTP {status}{detail}", kind="http", status=status)
+
+
+class _Reconnect(Exception):
+    """Raised by one connection attempt that ended in an error worth retrying after a backoff."""
+
+    def __init__(self, kind: str, retry_after_s: float | None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.retry_after_s = retry_after_s
 
 
 # -- backoff ----------------------------------------------------------------------------------------
@@ -316,15 +326,24 @@ class Connector(ABC):
         """Ingest until stop(); returns the stats.  Raises AuthError/ConfigError (fatal) after a checkpoint."""
         self._cursor = self._saved_cursor = self.cursor_store.load(self.source)
         log.info("%s: starting (cursor %s)", self.source, self._cursor or "none")
+        # tenacity drives the reconnects: retry on _Reconnect, waits from the per-kind schedules, and
+        # the sleep is the stop event's wait, so stop() cuts it short.  A clean return (poll done, an
+        # established stream ended) ends one call; the loop starts the next.
+        retrying = Retrying(retry=retry_if_exception_type(_Reconnect), wait=self._reconnect_delay,
+                            stop=stop_never, sleep=self._stop.wait, before_sleep=self._log_reconnect,
+                            reraise=True)
         try:
             while not self.stopping:
-                self._run_once()
+                retrying(self._run_once)
         finally:
             self.checkpoint()
             log.info("%s: stopped; %s", self.source, self.stats)
         return self.stats
 
     def _run_once(self) -> None:
+        """One connection (or poll): returns when it ended normally, raises _Reconnect to back off first."""
+        if self.stopping:
+            return
         started = time.monotonic()
         healthy = False
         kind: str | None = None
@@ -372,16 +391,27 @@ class Connector(ABC):
             return
         if healthy:
             self._attempts.clear()
+        raise _Reconnect(kind, retry_after)
+
+    def _reconnect_delay(self, state: RetryCallState) -> float:
+        """tenacity's wait: the kind's own attempt counter picks the step of the kind's schedule (a 429
+        after three network errors still waits the first rate-limit step), or the platform's reset."""
+        reconnect = state.outcome.exception() if state.outcome else None
+        assert isinstance(reconnect, _Reconnect)
+        kind = reconnect.kind
         attempt = self._attempts.get(kind, 0)
         self._attempts[kind] = attempt + 1
         self.stats.reconnects[kind] = self.stats.reconnects.get(kind, 0) + 1
         RECONNECTS.labels(self.source, kind).inc()
-        if retry_after is not None:
-            delay = self.backoff.clamp(retry_after)
-        else:
-            delay = self.backoff.wait_s(kind, attempt)
-        log.info("%s: retrying in %.1fs (%s, attempt %d)", self.source, delay, kind, attempt + 1)
-        self._stop.wait(delay)
+        if reconnect.retry_after_s is not None:
+            return self.backoff.clamp(reconnect.retry_after_s)
+        return self.backoff.wait_s(kind, attempt)
+
+    def _log_reconnect(self, state: RetryCallState) -> None:
+        reconnect = state.outcome.exception() if state.outcome else None
+        kind = reconnect.kind if isinstance(reconnect, _Reconnect) else "?"
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.info("%s: retrying in %.1fs (%s, attempt %d)", self.source, delay, kind, self._attempts.get(kind, 0))
 
     def _handle(self, entry: Item | BadPayload | None) -> None:
         if entry is None:
