@@ -12,8 +12,11 @@ record per batch; a real Kafka keeps normal batching.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from connectors.dependency_wait import wait_until_reachable
 
 SESSION_TIMEOUT_S = 3.0
 HEARTBEAT_INTERVAL_S = 0.5
@@ -91,29 +94,46 @@ def faust_broker_settings(target: BrokerTarget) -> dict[str, Any]:
     return settings
 
 
+BROKER_ANSWER_TIMEOUT_S = 5.0  # one bootstrap try; kafka-python's default waits 30 s before saying no
+
+
+def _admin_client(target: BrokerTarget) -> Any:
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(bootstrap_servers=target.bootstrap_servers.split(","), request_timeout_ms=10_000,
+                            bootstrap_timeout_ms=int(BROKER_ANSWER_TIMEOUT_S * 1000))
+
+
+def wait_for_broker(target: BrokerTarget, wait_s: float = 0.0, *, backoff_cap_s: float = 15.0,
+                    on_waiting: Callable[[str], None] | None = None) -> None:
+    """Block until the broker answers (bootstrap and metadata), with capped backoff and one line per try:
+    "cannot reach broker at HOST:PORT (reason), retrying in Ns".  ``wait_s`` 0 waits forever (a restart
+    policy's choice), else DependencyUnreachableError after it."""
+    from kafka.errors import KafkaError
+
+    def attempt() -> None:
+        admin = _admin_client(target)
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+
+    wait_until_reachable("broker", target.bootstrap_servers, attempt, retry_on=(KafkaError, OSError),
+                         wait_s=wait_s, backoff_cap_s=backoff_cap_s, on_waiting=on_waiting)
+
+
 def ensure_topics(target: BrokerTarget, names: list[str], partitions: int, replication: int = 1,
-                  timeout_s: float = 30.0) -> None:
-    """Create missing topics (idempotent), retrying while the broker is still starting.
+                  timeout_s: float = 30.0, on_waiting: Callable[[str], None] | None = None) -> None:
+    """Create missing topics (idempotent), waiting for a broker that is still starting.
 
     Topics are created explicitly, not by auto-create, so the partition count (the ceiling on worker
-    processes) is the configured one everywhere.
+    processes) is the configured one everywhere.  ``timeout_s`` 0 waits for the broker forever.
     """
-    import time
-
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=target.bootstrap_servers.split(","),
-                                     request_timeout_ms=10_000)
-            break
-        except KafkaError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    admin = wait_until_reachable("broker", target.bootstrap_servers, lambda: _admin_client(target),
+                                 retry_on=(KafkaError, OSError), wait_s=timeout_s, on_waiting=on_waiting)
     try:
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]

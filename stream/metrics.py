@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -111,21 +112,46 @@ class ComponentHealth:
     last_error: str | None = None
     changed_at: datetime | None = None
     last_ok_at: datetime | None = None
+    down_since: float | None = None  # monotonic clock, while down
+
+
+@dataclass
+class PartitionProgress:
+    """What the health check knows about one assigned partition: its committed offset, its log end, and
+    since when the committed offset has stood still while behind."""
+
+    committed: int | None = None
+    log_end: int | None = None
+    behind_since: float | None = None  # clock time of the last commit, or when it fell behind, while lag > 0
+
+    @property
+    def lag(self) -> int:
+        if self.log_end is None:
+            return 0
+        return max(0, self.log_end - (self.committed or 0))
 
 
 class HealthState:
-    """Up/down with the last error per dependency, plus a progress check for a stalled consumer.
+    """Up/down with the last error per dependency, plus progress checks for a stalled consumer.
 
-    ``stall_after_s``: with a backlog (``backlog > 0``) and no batch committed for this long, the worker
-    reports itself unhealthy even though every connection looks fine.
+    Red (``healthy`` False, ``/health`` 503) when:
+
+    * a component is down for longer than its grace (``down_grace_s``, default 0: at once).  The worker
+      gives the database ``SENTISTREAM_DB_DOWN_UNHEALTHY_S`` so a restart blip stays green;
+    * an assigned partition's *committed* offset has not advanced for ``stall_after_s`` while its log end
+      is ahead (``observe_partitions``, fed by a periodic timer so a worker stuck inside a batch is seen);
+    * with a backlog, no batch was committed for ``stall_after_s`` (``record_progress``).
     """
 
     def __init__(self, components: Iterable[str] = COMPONENTS, stall_after_s: float = 120.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 down_grace_s: Mapping[str, float] | None = None) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self.stall_after_s = stall_after_s
+        self.down_grace_s = dict(down_grace_s or {})
         self.components: dict[str, ComponentHealth] = {name: ComponentHealth() for name in components}
+        self.partitions: dict[tuple[str, int], PartitionProgress] = {}
         self._last_progress: float | None = None
         self._started = clock()
         self.backlog = 0
@@ -135,11 +161,13 @@ class HealthState:
     def mark_up(self, component: str) -> None:
         self._set(component, True, None)
 
-    def mark_down(self, component: str, error: BaseException | str) -> None:
+    def mark_down(self, component: str, error: BaseException | str, *, since: float | None = None) -> None:
+        """``since``: when the outage began on this object's clock, if earlier than now (a call that has
+        hung for a while is reported with its start)."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        self._set(component, False, text[:500])
+        self._set(component, False, text[:500], since)
 
-    def _set(self, component: str, up: bool, error: str | None) -> None:
+    def _set(self, component: str, up: bool, error: str | None, since: float | None = None) -> None:
         now = datetime.now(UTC)
         with self._lock:
             health = self.components.setdefault(component, ComponentHealth())
@@ -148,8 +176,11 @@ class HealthState:
             health.up = up
             if up:
                 health.last_ok_at = now
+                health.down_since = None
             else:
                 health.last_error = error
+                start = self._clock() if since is None else since
+                health.down_since = start if health.down_since is None else min(health.down_since, start)
         COMPONENT_UP.labels(component).set(1 if up else 0)
         if component == "model":
             SCORER_UP.set(1 if up else 0)
@@ -161,31 +192,120 @@ class HealthState:
             if backlog is not None:
                 self.backlog = backlog
 
+    def observe_partitions(self, offsets: Mapping[tuple[str, int], tuple[int | None, int | None]]) -> None:
+        """The assigned partitions now, each with (committed offset, log end); forgets the others.
+
+        A partition counts as behind while its log end is past its committed offset (None: nothing
+        committed yet, i.e. 0); its stall clock restarts whenever the committed offset moves.
+        """
+        now = self._clock()
+        with self._lock:
+            for tp in [tp for tp in self.partitions if tp not in offsets]:
+                del self.partitions[tp]
+            for tp, (committed, log_end) in offsets.items():
+                p = self.partitions.setdefault(tp, PartitionProgress())
+                moved = committed != p.committed
+                p.committed = committed
+                if log_end is not None:
+                    p.log_end = log_end
+                if p.lag <= 0:
+                    p.behind_since = None
+                elif moved or p.behind_since is None:
+                    p.behind_since = now
+            self.backlog = sum(p.lag for p in self.partitions.values())
+        CONSUMER_LAG.clear()
+        set_consumer_lag({tp: p.lag for tp, p in self.partitions.items()})
+
+    def stalled_partitions(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return self._stalled_partitions(self._clock())
+
+    def _stalled_partitions(self, now: float) -> list[tuple[str, int]]:
+        return sorted(tp for tp, p in self.partitions.items()
+                      if p.behind_since is not None and now - p.behind_since > self.stall_after_s)
+
     def stalled(self) -> bool:
         with self._lock:
+            now = self._clock()
+            if self._stalled_partitions(now):
+                return True
             if self.backlog <= 0:
                 return False
             since = self._last_progress if self._last_progress is not None else self._started
-            return self._clock() - since > self.stall_after_s
+            return now - since > self.stall_after_s
+
+    def _component_ok(self, name: str, c: ComponentHealth, now: float) -> bool:
+        if c.up:
+            return True
+        grace = self.down_grace_s.get(name, 0.0)
+        return grace > 0 and c.down_since is not None and now - c.down_since <= grace
 
     @property
     def healthy(self) -> bool:
         with self._lock:
-            all_up = all(c.up for c in self.components.values())
-        return all_up and not self.stalled()
+            now = self._clock()
+            components_ok = all(self._component_ok(n, c, now) for n, c in self.components.items())
+        return components_ok and not self.stalled()
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready body for ``/health`` (serve it with 200 when ``healthy``, else 503)."""
         stalled = self.stalled()
         with self._lock:
+            now = self._clock()
             components = {
-                name: {"up": c.up, "last_error": c.last_error,
+                name: {"up": c.up, "ok": self._component_ok(name, c, now), "last_error": c.last_error,
                        "changed_at": c.changed_at.isoformat() if c.changed_at else None,
-                       "last_ok_at": c.last_ok_at.isoformat() if c.last_ok_at else None}
+                       "last_ok_at": c.last_ok_at.isoformat() if c.last_ok_at else None,
+                       "down_for_s": None if c.down_since is None else round(now - c.down_since, 1)}
                 for name, c in self.components.items()
             }
-            since = None if self._last_progress is None else round(self._clock() - self._last_progress, 3)
+            since = None if self._last_progress is None else round(now - self._last_progress, 3)
             backlog = self.backlog
-        ok = all(c["up"] for c in components.values()) and not stalled
+            stalled_tps = set(self._stalled_partitions(now))
+            partitions = {
+                f"{topic}:{partition}": {
+                    "committed": p.committed, "log_end": p.log_end, "lag": p.lag, "stalled": (topic, partition)
+                    in stalled_tps,
+                    "seconds_behind_without_commit": None if p.behind_since is None
+                    else round(now - p.behind_since, 1)}
+                for (topic, partition), p in sorted(self.partitions.items())
+            }
+        ok = all(c["ok"] for c in components.values()) and not stalled
         return {"status": "ok" if ok else "degraded", "components": components,
-                "progress": {"backlog": backlog, "seconds_since_progress": since, "stalled": stalled}}
+                "progress": {"backlog": backlog, "seconds_since_progress": since, "stalled": stalled,
+                             "stalled_partitions": sorted(f"{t}:{p}" for t, p in stalled_tps),
+                             "partitions": partitions}}
+
+
+class PeriodicSummary:
+    """The worker's one INFO line per interval, so normal running is not silent: rates in and out, dead
+    letters, backlog and the median batch time since the previous line (from the counters above)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_batches: int = 10_000) -> None:
+        self._clock = clock
+        self._batch_seconds: deque[float] = deque(maxlen=max_batches)
+        self._last_at = clock()
+        self._last = self._totals()
+
+    @staticmethod
+    def _totals() -> tuple[float, float, float]:
+        return (sample("sentistream_posts_in_total") or 0.0, sample("sentistream_posts_out_total") or 0.0,
+                sample("sentistream_dead_letters_total") or 0.0)
+
+    def observe_batch(self, seconds: float) -> None:
+        self._batch_seconds.append(seconds)
+
+    def line(self, backlog: int, stalled: Sequence[str] = ()) -> str:
+        """The summary since the previous call, and start the next interval."""
+        now, totals = self._clock(), self._totals()
+        elapsed = max(now - self._last_at, 1e-9)
+        posts_in, posts_out, dead = (t - last for t, last in zip(totals, self._last, strict=True))
+        batches = sorted(self._batch_seconds)
+        p50 = f"{batches[len(batches) // 2] * 1000:.0f} ms" if batches else "n/a"
+        self._batch_seconds.clear()
+        self._last_at, self._last = now, totals
+        text = (f"last {elapsed:.0f}s: {posts_in / elapsed:.1f} posts/s in, {posts_out / elapsed:.1f} posts/s "
+                f"stored, {dead:.0f} dead letters, backlog {backlog}, {len(batches)} batches, p50 {p50}")
+        if stalled:
+            text += f"; STALLED partitions: {', '.join(stalled)}"
+        return text

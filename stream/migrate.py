@@ -7,7 +7,8 @@ database whose revision is not the code's head stops with a message naming the c
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 import migrations
+from connectors.dependency_wait import wait_until_reachable
+from stream import db_deadline
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +72,84 @@ def check_schema(engine: Engine) -> None:
         )
 
 
-def wait_for_database(engine: Engine, attempts: int = 30, delay_s: float = 1.0) -> None:
-    """Bounded wait for a database that is still starting (compose, CI), then give up loudly."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return
-        except OperationalError as exc:
-            if attempt == attempts:
-                raise
-            log.info("database not ready (%s), retry %d/%d", str(exc).splitlines()[0], attempt, attempts)
-            time.sleep(delay_s)
+def wait_for_database(engine: Engine, wait_s: float = 0.0, *, backoff_cap_s: float = 15.0,
+                      on_waiting: Callable[[str], None] | None = None) -> None:
+    """Wait for a database that is still starting (compose, a restart policy) with capped backoff and one
+    line per try; ``wait_s`` 0 waits forever, else DependencyUnreachableError after it."""
+
+    def ping() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    wait_until_reachable("database", database_location(engine.url), ping, retry_on=(OperationalError,),
+                         wait_s=wait_s, backoff_cap_s=backoff_cap_s, on_waiting=on_waiting)
 
 
-def make_engine(database_url: str, **kwargs: object) -> Engine:
-    return create_engine(database_url, pool_pre_ping=True, future=True, **kwargs)
+def database_location(url: URL | str) -> str:
+    """HOST:PORT (or the socket directory) of a database URL, for log lines; never the password."""
+    url = make_url(url)
+    if url.query.get("host"):
+        host = url.query["host"]
+        return str(host[0] if isinstance(host, tuple) else host)
+    return f"{url.host or 'localhost'}:{url.port or 5432}"
+
+
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """Connection timeouts applied to every engine (see ``make_engine``); the defaults are the settings'."""
+
+    connect_s: int = 10
+    statement_s: float = 30.0  # 0 = no statement timeout and no client-side deadline
+    keepalives_idle_s: int = 10
+    keepalives_interval_s: int = 5
+    keepalives_count: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatabaseTimeouts:
+        return cls(connect_s=settings.db_connect_timeout_s, statement_s=settings.db_statement_timeout_s,
+                   keepalives_idle_s=settings.db_keepalives_idle_s,
+                   keepalives_interval_s=settings.db_keepalives_interval_s,
+                   keepalives_count=settings.db_keepalives_count)
+
+    def without_statement_timeout(self) -> DatabaseTimeouts:
+        """For legitimately long work (migrations, rebuilds): connect and keepalive limits stay."""
+        return replace(self, statement_s=0.0)
+
+    @property
+    def call_deadline_s(self) -> float | None:
+        """Client-side limit per server round trip: the server's own statement timeout gets the first
+        chance to cancel (a clean error), the connect timeout covers the network on top."""
+        return self.statement_s + self.connect_s if self.statement_s > 0 else None
+
+    def connect_args(self, url: URL) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "connect_timeout": max(2, int(self.connect_s)),  # libpq treats 1 as 2
+            "keepalives": 1,
+            "keepalives_idle": self.keepalives_idle_s,
+            "keepalives_interval": self.keepalives_interval_s,
+            "keepalives_count": self.keepalives_count,
+        }
+        if self.statement_s > 0:
+            options = f"-c statement_timeout={int(self.statement_s * 1000)}"
+            existing = url.query.get("options")
+            args["options"] = f"{existing} {options}" if existing else options
+        return args
+
+
+def make_engine(database_url: str, *, timeouts: DatabaseTimeouts | None = None, **kwargs: Any) -> Engine:
+    """An engine with connect, statement and TCP keepalive timeouts and a client-side deadline per call,
+    so a frozen server (SIGSTOP, a proxy that never answers) becomes an error the callers already retry.
+
+    ``timeouts`` None reads this process's SENTISTREAM_DB_* settings.  Long statements (migrations,
+    ``windows rebuild``) pass ``timeouts.without_statement_timeout()``.
+    """
+    if timeouts is None:
+        timeouts = DatabaseTimeouts.from_settings(Settings.from_env())
+    url = make_url(database_url)
+    connect_args = dict(timeouts.connect_args(url)) if url.get_backend_name() == "postgresql" else {}
+    connect_args.update(kwargs.pop("connect_args", {}))
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    return db_deadline.install(engine, timeouts.call_deadline_s)
 
 
 def admin_connection(database_url: str) -> Any:

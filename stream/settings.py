@@ -92,6 +92,18 @@ class Settings(BaseSettings):
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     log_level: str = "info"
+    stall_after_s: float = 45.0  # an assigned partition whose committed offset stands still this long while its log end is ahead turns /health red
+    broker_down_unhealthy_s: float = 20.0  # /health turns red once the broker has not answered the log end query this long
+    db_down_unhealthy_s: float = 20.0  # /health turns red once the database has been down (or silent) this long; shorter blips stay green
+    summary_interval_s: float = 60.0  # one INFO line with rates, backlog and batch latency this often; 0 = never
+    startup_wait_s: float = 0.0  # how long start-up waits for the broker and the database; 0 = forever (restart policies)
+
+    # Database timeouts: a frozen or unreachable server becomes an error the pipeline waits out, not a hang.
+    db_connect_timeout_s: int = 10  # libpq connect_timeout (whole connection set-up)
+    db_statement_timeout_s: float = 30.0  # server-side statement_timeout; a call gets this plus the connect timeout before the client cuts it; 0 = none
+    db_keepalives_idle_s: int = 10  # TCP keepalive: idle seconds before the first probe
+    db_keepalives_interval_s: int = 5  # TCP keepalive: seconds between probes
+    db_keepalives_count: int = 3  # TCP keepalive: unanswered probes before the connection is dropped
     epoch_check_interval_s: float = 1.0  # how often the worker checks for a partition whose position is beyond the log end (a restarted broker) and re-reads it
 
     @classmethod

@@ -14,16 +14,18 @@ from typing import Any
 
 import faust
 
+from connectors.broker import wait_for_broker
 from connectors.post import Post
 from stream import metrics
 from stream.app import WorkerState, run_worker
 from stream.embedded import services
 from stream.language import LanguageGate
 from stream.metrics import HealthState
-from stream.migrate import check_schema, make_engine, wait_for_database
+from stream.migrate import check_schema, database_location, make_engine, wait_for_database
 from stream.pipeline import BatchProcessor
 from stream.settings import Settings, SettingsError
 from stream.sink import PostgresSink
+from stream.startup_health import StartupHealth
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +184,42 @@ def faust_watermark(app: faust.App, topic: str) -> Any:
     return EventTimeWatermark(assigned, highwater)
 
 
+def database_probe(database_url: str) -> Any:
+    """One ``SELECT 1`` on a one-connection engine, so an idle worker still notices a dead database."""
+    from sqlalchemy import text
+
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+
+    def probe() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    return probe
+
+
 def main(settings: Settings) -> int:
     """`sentistream worker`: resolve services, check the schema, load the model, run the Faust worker."""
     language_gate = load_language_gate(settings)  # a bad topics file fails before anything starts
-    with services(settings) as resolved:
+    with services(settings) as resolved, StartupHealth(settings.web_host, settings.web_port) as startup:
+        # Patient start-up: wait (capped backoff, one line a try) for what a restart policy may bring up
+        # after us; /health answers 503 "waiting for ..." meanwhile.
         engine = make_engine(resolved.database_url)
-        wait_for_database(engine)
+        startup.waiting_for("database", database_location(engine.url))
+        wait_for_database(engine, settings.startup_wait_s, on_waiting=startup.set_detail)
         check_schema(engine)
         engine.dispose()
+        startup.waiting_for("model")
         scorer = load_scorer(settings)
+        startup.waiting_for("broker", resolved.broker.bootstrap_servers)
+        wait_for_broker(resolved.broker, settings.startup_wait_s, on_waiting=startup.set_detail)
+        startup.stop()  # Faust's web server takes the port over
 
         state = WorkerState(health=HealthState(("broker", "database", "model") if settings.scoring
-                                               else ("broker", "database")))
+                                               else ("broker", "database"),
+                                               stall_after_s=settings.stall_after_s,
+                                               down_grace_s={"database": settings.db_down_unhealthy_s,
+                                                             "broker": settings.broker_down_unhealthy_s}))
+        state.database_probe = database_probe(resolved.database_url)
         state.health.mark_up("database")
         if scorer is not None:
             state.health.mark_up("model")

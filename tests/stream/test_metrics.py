@@ -65,3 +65,71 @@ def test_a_consumer_with_backlog_and_no_progress_is_unhealthy() -> None:
     health.record_progress(backlog=0)
     now[0] += 3600  # idle without backlog is fine
     assert health.healthy
+
+
+def _all_up(health: HealthState) -> HealthState:
+    for component in ("broker", "database", "model"):
+        health.mark_up(component)
+    return health
+
+
+def test_a_partition_whose_committed_offset_stands_still_while_behind_is_stalled() -> None:
+    now = [0.0]
+    health = _all_up(HealthState(stall_after_s=45, clock=lambda: now[0]))
+    p0, p1 = ("posts.raw", 0), ("posts.raw", 1)
+    health.observe_partitions({p0: (100, 100), p1: (None, 0)})  # caught up; empty, nothing committed
+    now[0] = 1000.0
+    assert health.healthy and health.backlog == 0  # idle for long without lag is fine
+    health.observe_partitions({p0: (100, 160), p1: (None, 7)})  # log ends move, commits do not
+    assert sample("sentistream_consumer_lag", {"topic": "posts.raw", "partition": "0"}) == 60
+    assert sample("sentistream_consumer_lag", {"topic": "posts.raw", "partition": "1"}) == 7
+    now[0] += 30
+    health.observe_partitions({p0: (130, 170), p1: (None, 7)})  # p0 commits: its clock restarts
+    now[0] += 20
+    assert health.stalled_partitions() == [p1] and not health.healthy
+    snap = health.snapshot()
+    assert snap["progress"]["stalled_partitions"] == ["posts.raw:1"]
+    assert snap["progress"]["partitions"]["posts.raw:1"] == {
+        "committed": None, "log_end": 7, "lag": 7, "stalled": True, "seconds_behind_without_commit": 50.0}
+    assert snap["progress"]["backlog"] == 47 and snap["status"] == "degraded"
+    now[0] += 30
+    assert health.stalled_partitions() == [p0, p1]
+    health.observe_partitions({p0: (170, 170)})  # p0 caught up; p1 revoked (another worker has it)
+    assert health.stalled_partitions() == [] and health.healthy
+    assert sample("sentistream_consumer_lag", {"topic": "posts.raw", "partition": "1"}) is None
+
+
+def test_a_component_down_within_its_grace_stays_green_and_a_hang_counts_from_its_start() -> None:
+    now = [0.0]
+    health = _all_up(HealthState(clock=lambda: now[0], down_grace_s={"database": 20}))
+    health.mark_down("database", "connection refused")
+    now[0] += 15
+    assert health.healthy and health.snapshot()["components"]["database"]["ok"] is True
+    health.mark_down("database", "connection refused")  # repeated failures keep the first start
+    now[0] += 6
+    snap = health.snapshot()
+    assert not health.healthy and snap["components"]["database"]["down_for_s"] == 21.0
+    health.mark_up("database")
+    assert health.healthy
+    health.mark_down("database", "a database call has not answered for 25s", since=now[0] - 25)
+    assert not health.healthy
+    health.mark_up("database")
+    health.mark_down("model", "scoring failed")  # no grace: red at once
+    assert not health.healthy
+
+
+def test_the_periodic_summary_reports_rates_dead_letters_backlog_and_median_batch_time() -> None:
+    now = [0.0]
+    summary = metrics.PeriodicSummary(clock=lambda: now[0])
+    metrics.POSTS_IN.inc(600)
+    metrics.POSTS_OUT.inc(540)
+    metrics.DEAD_LETTERS.inc(3)
+    for seconds in (0.1, 0.3, 0.2):
+        summary.observe_batch(seconds)
+    now[0] = 60.0
+    line = summary.line(backlog=42, stalled=["posts.raw:2"])
+    assert line == ("last 60s: 10.0 posts/s in, 9.0 posts/s stored, 3 dead letters, backlog 42, 3 batches, "
+                    "p50 200 ms; STALLED partitions: posts.raw:2")
+    now[0] = 120.0
+    assert summary.line(backlog=0) == ("last 60s: 0.0 posts/s in, 0.0 posts/s stored, 0 dead letters, backlog 0, "
+                                       "0 batches, p50 n/a")
