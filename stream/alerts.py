@@ -394,7 +394,7 @@ def insert_alerts(conn: Connection, alerts: Sequence[SpikeAlert]) -> list[SpikeA
         return []
     a = AlertRow.__table__
     stmt = (pg_insert(a).values([al.to_row() for al in alerts])
-            .on_conflict_do_nothing(index_elements=["topic", "kind", "window_start", "window_seconds"])
+            .on_conflict_do_nothing(constraint="uq_alerts_event_key")
             .returning(a.c.topic, a.c.kind, a.c.window_start, a.c.window_seconds))
     new = {(t, k, ws.astimezone(UTC), s) for t, k, ws, s in conn.execute(stmt)}
     return [al for al in alerts if (al.topic, al.kind, al.window_start, al.window_seconds) in new]

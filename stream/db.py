@@ -7,7 +7,8 @@ replay rewrites the same rows instead of adding new ones:
 * ``post_media``        (post_pk, url)
 * ``sentiments``        (post_pk, model_version) — a new checkpoint adds rows, never rewrites old ones
 * ``window_aggregates`` (topic, window_start, window_seconds, model_version) — recomputed from rows
-* ``alerts``            (topic, kind, window_start, window_seconds)
+* ``alert_incidents``   (topic, kind, model_version, started_at) — one open per topic and kind
+* ``alerts``            (topic, kind, model_version, window_start, window_seconds, event)
 * ``dead_letters``      (source_topic, source_partition, source_offset)
 * ``source_cursors``    (source) — connectors resume from here after a restart
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -28,6 +30,7 @@ from sqlalchemy import (
     MetaData,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -131,11 +134,45 @@ class WindowAggregateRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class AlertIncidentRow(Base):
+    """One incident per topic, kind and model version, across window lengths (migration 0004)."""
+
+    __tablename__ = "alert_incidents"
+    __table_args__ = (
+        UniqueConstraint("topic", "kind", "model_version", "started_at", name="uq_alert_incidents_key"),
+        Index("ix_alert_incidents_topic_status", "topic", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    model_version: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="open")  # open | resolved
+    window_seconds: Mapped[int] = mapped_column(Integer)  # the window length it was detected on
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # start of the first firing window
+    last_window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # event time, not wall time
+    observed: Mapped[float] = mapped_column(Float)
+    expected: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)  # the strongest look so far
+    n_posts: Mapped[int] = mapped_column(Integer)
+    n_negative: Mapped[int] = mapped_column(Integer)
+    n_windows: Mapped[int] = mapped_column(Integer, server_default="1")
+    historical: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class AlertRow(Base):
+    """An incident's event (opened / updated / resolved): what delivery sends (migration 0004)."""
+
     __tablename__ = "alerts"
     __table_args__ = (
-        UniqueConstraint("topic", "kind", "window_start", "window_seconds", name="uq_alerts_key"),
+        UniqueConstraint("topic", "kind", "model_version", "window_start", "window_seconds", "event",
+                         name="uq_alerts_event_key"),
         Index("ix_alerts_topic_created_at", "topic", "created_at"),
+        Index("ix_alerts_incident_id", "incident_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -153,6 +190,9 @@ class AlertRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     webhook_status: Mapped[str | None] = mapped_column(Text)
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("alert_incidents.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(Text, server_default="opened")  # opened | updated | resolved
+    historical: Mapped[bool] = mapped_column(Boolean, server_default=false())  # stored, never delivered
 
 
 class DeadLetterRow(Base):
@@ -181,6 +221,6 @@ class SourceCursorRow(Base):
 
 
 __all__ = [
-    "AlertRow", "Base", "DeadLetterRow", "PostMediaRow", "PostRow", "SentimentRow",
+    "AlertIncidentRow", "AlertRow", "Base", "DeadLetterRow", "PostMediaRow", "PostRow", "SentimentRow",
     "SourceCursorRow", "WindowAggregateRow",
 ]
