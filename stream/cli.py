@@ -139,13 +139,15 @@ def cmd_windows(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from stream.embedded import services
-    from stream.migrate import check_schema, make_engine
+    from stream.migrate import DatabaseTimeouts, check_schema, make_engine
     from stream.settings import window_seconds
     from stream.windows import rebuild_windows
 
     since = datetime.now(UTC) - timedelta(seconds=window_seconds(args.since))
     with services(settings, need_broker=False) as resolved:
-        engine = make_engine(resolved.database_url)
+        # Finding a long span's windows can outlast a statement timeout meant for the worker's calls.
+        engine = make_engine(resolved.database_url,
+                             timeouts=DatabaseTimeouts.from_settings(settings).without_statement_timeout())
         check_schema(engine)
         with tqdm(desc="windows rebuild", unit="window", file=sys.stderr,
                   disable=not sys.stderr.isatty()) as progress:
