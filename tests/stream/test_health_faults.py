@@ -39,9 +39,9 @@ class FreezableProxy:
     """TCP on 127.0.0.1:port -> a Unix or TCP upstream; ``freeze()`` stops moving bytes both ways and holds
     new connections unanswered, ``thaw()`` carries on where it stopped (nothing is dropped)."""
 
-    def __init__(self, connect_upstream: Callable[[], socket.socket]) -> None:
+    def __init__(self, connect_upstream: Callable[[], socket.socket], port: int = 0) -> None:
         self._connect_upstream = connect_upstream
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
         self._frozen = threading.Event()
@@ -108,11 +108,9 @@ class FreezableProxy:
                 s.close()
 
 
-@pytest.fixture
-def frozen_db_proxy(embedded_db: str) -> Iterator[tuple[FreezableProxy, str]]:
-    """A proxy to the test's embedded database (Unix socket) and the TCP URL that goes through it."""
-    url = make_url(embedded_db)
-    socket_dir = Path(str(url.query["host"]))
+def unix_socket_connector(database_url: str) -> Callable[[], socket.socket]:
+    """Connects to the Unix socket of an embedded-PostgreSQL URL (``?host=<socket dir>``)."""
+    socket_dir = Path(str(make_url(database_url).query["host"]))
     socket_path = next(p for p in socket_dir.glob(".s.PGSQL.*") if not p.name.endswith(".lock"))
 
     def connect() -> socket.socket:
@@ -120,9 +118,18 @@ def frozen_db_proxy(embedded_db: str) -> Iterator[tuple[FreezableProxy, str]]:
         s.connect(str(socket_path))
         return s
 
-    proxy = FreezableProxy(connect)
-    proxied = url.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
-    yield proxy, proxied
+    return connect
+
+
+def tcp_url(database_url: str, port: int) -> str:
+    return make_url(database_url).set(host="127.0.0.1", port=port, query={}).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def frozen_db_proxy(embedded_db: str) -> Iterator[tuple[FreezableProxy, str]]:
+    """A proxy to the test's embedded database (Unix socket) and the TCP URL that goes through it."""
+    proxy = FreezableProxy(unix_socket_connector(embedded_db))
+    yield proxy, tcp_url(embedded_db, proxy.port)
     proxy.close()
 
 
@@ -300,6 +307,105 @@ def test_a_worker_started_before_its_broker_waits_answers_health_then_processes(
     assert "Traceback" not in log
     # The reconnect storm of the kafka clients is collapsed: far fewer lines than attempts.
     assert log.count("cannot reach broker") < 40
+
+
+def test_a_broker_gone_under_a_running_worker_turns_health_red_and_its_reconnect_storm_stays_quiet(
+        tmp_path, embedded_db, worker_factory) -> None:
+    broker = EmbeddedBroker(tmp_path / "broker").start()
+    try:
+        target = BrokerTarget(broker.bootstrap_servers, embedded=True)
+        posts = make_posts(10, prefix="b")
+        publish(target, posts)
+        worker = worker_factory(target, embedded_db, scoring="false", broker_down_unhealthy_s="5")
+        wait_for(lambda: stored_ids(embedded_db) == {p.post_id for p in posts}, 90, "the posts", worker.log)
+        wait_for_health(worker, 200, 30)
+        lines_before = len(worker.log().splitlines())
+    finally:
+        broker.stop()
+    stopped_at = time.monotonic()
+    body = wait_for_health(worker, 503, 60)
+    assert body["components"]["broker"]["ok"] is False, body
+    # Past the 30 s throttle window, so the collapsed lines have reported their counts.
+    time.sleep(max(0.0, 40 - (time.monotonic() - stopped_at)))
+    storm = worker.log().splitlines()[lines_before:]
+    assert any("similar lines suppressed" in line for line in storm), "\n".join(storm)
+    assert len(storm) < 120, f"{len(storm)} lines in 40 s:\n" + "\n".join(storm[:200])
+    worker.kill()  # a clean stop with the broker gone is not what this test is about
+
+
+def test_ingest_waits_for_a_broker_that_comes_up_late(tmp_path, repo_root) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.connectors.conftest import read_topic
+    from tests.stream.conftest import write_jsonl
+
+    port = free_port()
+    posts = make_posts(5, prefix="i")
+    feed = write_jsonl(tmp_path / "feed.jsonl", posts)
+    env = dict(os.environ, SENTISTREAM_KAFKA=f"127.0.0.1:{port}", SENTISTREAM_KAFKA_IS_TANSU="1",
+               SENTISTREAM_HOME=str(tmp_path / "home"), SENTISTREAM_DATABASE_URL="postgresql://unused@127.0.0.1:1/x")
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "ingest", "replay", str(feed)], cwd=repo_root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines: list[str] = []
+
+        def waiting_line() -> bool:
+            lines.append(proc.stdout.readline())  # blocks until the next line: the wait logs one a try
+            return f"cannot reach broker at 127.0.0.1:{port}" in lines[-1]
+
+        wait_for(waiting_line, 60, "the waiting line", lambda: "".join(lines))
+        assert proc.poll() is None
+        with EmbeddedBroker(tmp_path / "late-broker", port=port):
+            out, _ = proc.communicate(timeout=120)
+            target = BrokerTarget(f"127.0.0.1:{port}", embedded=True)
+            assert proc.returncode == 0, "".join(lines) + out
+            assert sorted(k for k, _ in read_topic(target, "posts.raw", expect=5)) == sorted(p.key for p in posts)
+        assert "Traceback" not in "".join(lines) + out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_a_command_waits_for_a_database_that_comes_up_late(tmp_path, embedded_db, repo_root) -> None:
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = dict(os.environ, SENTISTREAM_DATABASE_URL=tcp_url(embedded_db, port), SENTISTREAM_HOME=str(tmp_path),
+               SENTISTREAM_DB_CONNECT_TIMEOUT_S="2")
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "db", "current"], cwd=repo_root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proxy = None
+    try:
+        errors: list[str] = []
+
+        def waiting_line() -> bool:
+            errors.append(proc.stderr.readline())
+            return f"cannot reach database at 127.0.0.1:{port}" in errors[-1]
+
+        wait_for(waiting_line, 60, "the waiting line", lambda: "".join(errors))
+        proxy = FreezableProxy(unix_socket_connector(embedded_db), port=port)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, "".join(errors) + err
+        assert out.startswith("current ") and "up to date" in out
+        assert "Traceback" not in "".join(errors) + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proxy is not None:
+            proxy.close()
+
+    # With a limit, an unreachable database is one clear line and exit 2, not a traceback.
+    env["SENTISTREAM_STARTUP_WAIT_S"] = "2"
+    done = subprocess.run([sys.executable, "-m", "stream.cli", "db", "current"], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"cannot reach database at 127.0.0.1:{port}" in done.stderr and "gave up after 2s" in done.stderr
 
 
 # -- start-up waits and log storms (units) --------------------------------------------------------------
