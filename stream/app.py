@@ -26,7 +26,8 @@ from faust.types import TP
 
 from connectors.broker import BrokerTarget, ensure_topics, faust_broker_settings
 from stream import db_deadline, metrics
-from stream.broker_epochs import reset_stale_partitions
+from stream.batch_yield import batch_must_yield, release_unacked
+from stream.broker_epochs import BrokerEpochWatch, kafka_cluster_id
 from stream.metrics import HealthState, PeriodicSummary
 from stream.pipeline import BatchProcessor, RawMessage, unscored_label
 from stream.settings import Settings
@@ -112,9 +113,12 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
             try:
                 report = await processor.process(messages)
             except Exception as exc:  # noqa: BLE001 - never silent: logged, and red unless we are stopping
-                if app.should_stop and is_transient(exc):
-                    log.warning("batch of %d not saved (worker stopping with the database down); not acked, "
-                                "it will be redelivered", len(messages))
+                # Not acked, and out of Faust's in-flight set: a rebalance or shutdown no longer waits on it.
+                release_unacked(app.consumer, events)
+                if batch_must_yield(app) and is_transient(exc):
+                    log.warning("batch of %d not saved (%s with the database down); not acked, it will be "
+                                "redelivered", len(messages),
+                                "worker stopping" if app.should_stop else "partitions rebalancing")
                 else:
                     # process() absorbs bad data and waits out outages, so this is a bug: the batch stays
                     # unacked (its partitions stop committing) until a restart redelivers it.
@@ -126,17 +130,14 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
                 await stream.ack(e)
             _record(app, state, messages, report)
 
+    epoch_watch = BrokerEpochWatch(settings.topic_raw, kafka_cluster_id(broker.bootstrap_servers))
+
     @app.timer(settings.epoch_check_interval_s)
     async def watch_broker_epochs() -> None:
         """A broker that restarted with a new log: re-read it instead of skipping its first offsets."""
-        consumer = app.consumer
-        try:
-            assigned = [tp for tp in consumer.assignment() if tp.topic == settings.topic_raw]
-        except Exception:  # noqa: BLE001 - consumer not started yet
-            return
-        for stale in await reset_stale_partitions(consumer, assigned):
+        for tp in await epoch_watch.check(app):
             state.broker_epoch_resets += 1
-            state.next_offsets.pop((stale.tp.topic, stale.tp.partition), None)
+            state.next_offsets.pop((tp.topic, tp.partition), None)
 
     @app.timer(HEALTH_CHECK_INTERVAL_S)
     async def watch_progress() -> None:

