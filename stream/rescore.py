@@ -95,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_rescore(args: argparse.Namespace, settings: Settings) -> int:
     from stream.embedded import services
-    from stream.migrate import check_schema, make_engine, wait_for_database
+    from stream.migrate import DatabaseTimeouts, check_schema, make_engine, wait_for_database
     from stream.worker import load_scorer
 
     if args.batch_size is not None and args.batch_size < 1:
@@ -107,7 +107,9 @@ def cmd_rescore(args: argparse.Namespace, settings: Settings) -> int:
         log.error("no model checkpoint to score with (SENTISTREAM_CHECKPOINT or the shipped default)")
         return 2
     with services(settings, need_broker=False) as resolved:
-        engine = make_engine(resolved.database_url)
+        # A batch job: recomputing a long span's windows may outlast the worker's statement timeout.
+        engine = make_engine(resolved.database_url,
+                             timeouts=DatabaseTimeouts.from_settings(settings).without_statement_timeout())
         wait_for_database(engine, settings.startup_wait_s)  # patient under a restart policy (#16.3)
         check_schema(engine)
         since = datetime.now(UTC) - timedelta(seconds=span)
