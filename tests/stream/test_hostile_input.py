@@ -224,3 +224,44 @@ def test_arbitrary_bytes_end_stored_or_dead_lettered(sink_and_engine: tuple[Post
 def test_arbitrary_json_documents_end_stored_or_dead_lettered(sink_and_engine: tuple[PostgresSink, Any],
                                                               value: bytes) -> None:
     _through_decode_and_sink(*sink_and_engine, value)
+
+
+# -- the agent never skips an ack silently -------------------------------------------------------------
+
+
+def test_a_batch_that_cannot_be_saved_at_all_turns_health_red_and_is_not_acked(broker, embedded_db,
+                                                                               worker_factory) -> None:
+    """A database that refuses every dead letter (a trigger standing in for a revoked grant): the
+    batch with a bad message can be neither stored nor dead-lettered, so the agent must say so loudly,
+    turn /health red and leave the batch unacked; it must not claim the worker is stopping."""
+    engine = create_engine(embedded_db)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE FUNCTION refuse_dead_letters() RETURNS trigger AS $$ BEGIN "
+                          "RAISE EXCEPTION 'dead letters refused (test)'; END $$ LANGUAGE plpgsql"))
+        conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT ON dead_letters FOR EACH ROW "
+                          "EXECUTE FUNCTION refuse_dead_letters()"))
+    engine.dispose()
+    ensure_topics(broker, ["posts.raw", "posts.deadletter"], partitions=PARTITIONS)
+    producer = KafkaProducer(**kafka_python_producer_config(broker))
+    bad = producer.send("posts.raw", key=b"replay:bad", value=b"{not json").get(timeout=30)
+    producer.close()
+
+    worker = worker_factory(broker, embedded_db, scoring="false")
+    base = f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}"
+
+    def pipeline_red() -> bool:
+        try:
+            body = requests.get(f"{base}/health", timeout=5)
+        except requests.RequestException:
+            return False
+        if body.status_code != 503 or "json" not in body.headers.get("content-type", ""):
+            return False
+        return body.json().get("components", {}).get("pipeline", {}).get("up") is False
+
+    wait_for(pipeline_red, 120, "/health to report the pipeline down", worker.log)
+    log_text = worker.log()
+    assert "failed unexpectedly" in log_text and "dead letters refused (test)" in log_text
+    assert "Traceback" in log_text
+    assert "worker stopping" not in log_text
+    assert _committed(broker)[bad.partition] in (None, 0)  # the unsaved message was not acked
+    assert worker.stop() == 0, worker.log()
