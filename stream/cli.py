@@ -59,25 +59,25 @@ def resolve_broker_and_database(need_database: bool = True) -> Iterator[tuple[Br
     ``sentistream worker`` (found through the discovery file) or refuses, saying how to fix it.
     """
     from connectors.broker import BrokerTarget
-    from stream.embedded import _discovered_broker as running_embedded_broker  # the worker's, if alive
-    from stream.embedded import services
+    from stream.embedded import services, shared_embedded_broker
 
     settings = Settings.from_env()
     if settings.kafka:
         with services(settings, need_database=need_database) as resolved:
             yield resolved.broker, resolved.database_url
         return
-    found = running_embedded_broker(settings.run_dir)
-    if found is None:
-        raise BrokerNotRunningError(
-            "no Kafka broker to send posts to: SENTISTREAM_KAFKA is not set and no embedded broker is "
-            f"running (none advertised in {settings.run_dir / 'broker.json'}). Start `sentistream worker` "
-            "first (it starts the embedded broker and keeps it while it runs), or set SENTISTREAM_KAFKA "
-            "to a broker's host:port. Ingest does not start a broker of its own: the embedded one lives "
-            "in memory only and would lose the posts when ingest exits.")
-    log.info("sending to the embedded broker of the running worker at %s", found)
-    with services(settings, need_broker=False, need_database=need_database) as resolved:
-        yield BrokerTarget(found, embedded=True), resolved.database_url
+    # Registered as a user of the shared broker while ingest runs, so a worker restart does not stop it.
+    with shared_embedded_broker(settings.run_dir, start=False) as found:
+        if found is None:
+            raise BrokerNotRunningError(
+                "no Kafka broker to send posts to: SENTISTREAM_KAFKA is not set and no embedded broker is "
+                f"running (none advertised in {settings.run_dir / 'broker.json'}). Start `sentistream worker` "
+                "first (it starts the embedded broker and keeps it while it runs), or set SENTISTREAM_KAFKA "
+                "to a broker's host:port. Ingest does not start a broker of its own: the embedded one lives "
+                "in memory only and would lose the posts when ingest exits.")
+        log.info("sending to the embedded broker of the running worker at %s", found)
+        with services(settings, need_broker=False, need_database=need_database) as resolved:
+            yield BrokerTarget(found, embedded=True), resolved.database_url
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

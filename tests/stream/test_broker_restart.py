@@ -7,7 +7,11 @@ beyond the new log's end; it must notice and re-read the new log instead of skip
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +120,92 @@ def test_broker_restarted_under_a_running_worker_loses_no_acknowledged_post(
     finally:
         worker.proc.send_signal(signal.SIGCONT)
         second.stop()
+
+
+HOLDER = """
+import pathlib, sys
+from stream.embedded import services
+from stream.settings import Settings
+settings = Settings(home=pathlib.Path(sys.argv[1]), database_url="postgresql://unused@127.0.0.1:1/x")
+with services(settings, need_database=False) as resolved:
+    print(resolved.broker.bootstrap_servers, ",".join(resolved.started) or "-", flush=True)
+    sys.stdin.read()  # hold the broker until the test closes our stdin
+"""
+
+
+class BrokerUser:
+    """A sentistream process using the embedded broker (what `services()` does for a worker)."""
+
+    def __init__(self, home: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().split()
+        assert line, self.proc.stderr.read()
+        self.address, self.started = line[0], line[1]
+
+    def exit(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(30) == 0, self.proc.stderr.read()
+
+
+def read_all_values(address: str, topic: str) -> list[bytes]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from connectors.broker import kafka_python_consumer_config
+
+    consumer = KafkaConsumer(**kafka_python_consumer_config(BrokerTarget(address, embedded=True), None))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(4)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 20
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                values.extend(r.value for r in records)
+        return values
+    finally:
+        consumer.close()
+
+
+def test_embedded_broker_keeps_its_posts_across_a_restart_of_the_process_that_started_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    owner = BrokerUser(home)
+    assert owner.started == "broker"
+    other = BrokerUser(home)  # a worker or ingest in another terminal
+    assert (other.address, other.started) == (owner.address, "-")
+    posts = make_posts(40, topic="kept", prefix="kept")
+    publish(BrokerTarget(owner.address, embedded=True), posts)
+    info = json.loads((home / "run" / "broker.json").read_text())
+
+    owner.exit()  # the owner restarts while the other process still uses the broker
+    restarted = BrokerUser(home)
+    assert (restarted.address, restarted.started) == (owner.address, "-"), "a new, empty broker was started"
+    values = read_all_values(restarted.address, "posts.raw")
+    assert sorted(json.loads(v)["post_id"] for v in values) == sorted(p.post_id for p in posts)
+    assert json.loads((home / "run" / "broker.json").read_text())["cluster_id"] == info["cluster_id"]
+
+    other.exit()
+    assert Path(f"/proc/{info['pid']}").exists(), "the broker stopped while a process still used it"
+    restarted.exit()  # the last user: the broker stops and is no longer advertised
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{info['pid']}").exists() and "zombie" not in Path(f"/proc/{info['pid']}/status").read_text():
+        assert time.monotonic() < deadline, "the last user did not stop the broker"
+        time.sleep(0.1)
+    assert not (home / "run" / "broker.json").exists()
+
+
+def test_a_killed_user_does_not_keep_the_broker_forever(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    owner = BrokerUser(home)
+    killed = BrokerUser(home)
+    pid = json.loads((home / "run" / "broker.json").read_text())["pid"]
+    killed.proc.kill()
+    killed.proc.wait(10)
+    owner.exit()  # the killed user's registration is stale: the owner is the last live user
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+        assert time.monotonic() < deadline, "a dead user's registration kept the broker running"
+        time.sleep(0.1)
+    assert not (home / "run" / "broker.json").exists()
