@@ -16,6 +16,17 @@ and ``false`` switches the platform off for that topic::
         mastodon: false
         languages: [en, es]   # scored languages; default [en] (the model is English-only); ["*"] = all
 
+A topic may carry its own alert settings (read by the worker; unset keys take the global
+``SENTISTREAM_ALERT_*`` defaults)::
+
+      skyways-airline:
+        alerts:
+          enabled: true          # false: never alert on this topic
+          sensitivity: high      # low | balanced | high (thresholds in stream/alerts.py SENSITIVITIES)
+          cooldown: 30m          # a spike this soon after the incident resolved reopens it (30s/5m/2h/1d or seconds)
+          min_volume: 15         # fewest posts in a window before it can alert
+          window: 5m             # the window alerts are decided on; auto = chosen from the topic's volume
+
 ``languages`` is read by the worker (``SENTISTREAM_TOPICS_FILE``, see ``stream/language.py``): a post in
 another language is stored with ``unscored_reason`` instead of being scored as if it were English.
 
@@ -64,6 +75,22 @@ class MastodonQuery:
     keywords: tuple[str, ...] = ()
 
 
+SENSITIVITY_PRESETS = ("low", "balanced", "high")
+DURATION = re.compile(r"^(\d+)([smhd])$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """A topic's ``alerts`` section; None = the global default (``SENTISTREAM_ALERT_*``)."""
+
+    enabled: bool | None = None
+    sensitivity: str | None = None
+    cooldown_s: int | None = None
+    min_volume: int | None = None
+    window: str | None = None  # "auto" or a length like "15m"
+
+
 @dataclass(frozen=True)
 class MonitoredTopic:
     name: str
@@ -73,6 +100,7 @@ class MonitoredTopic:
     bluesky: BlueskyQuery | None = None
     mastodon: MastodonQuery | None = None
     languages: tuple[str, ...] = DEFAULT_LANGUAGES  # scored languages, lower-case codes, or ("*",)
+    alerts: AlertPolicy = AlertPolicy()
 
 
 @dataclass(frozen=True)
@@ -144,7 +172,7 @@ def parse_topics(data: Any) -> TopicsConfig:
             spec = {}
         if not isinstance(spec, Mapping):
             raise TopicsConfigError(f"{where}: must be a mapping")
-        unknown = set(spec) - {"keywords", "twitter", "reddit", "bluesky", "mastodon", "languages"}
+        unknown = set(spec) - {"keywords", "twitter", "reddit", "bluesky", "mastodon", "languages", "alerts"}
         if unknown:
             raise TopicsConfigError(f"{where}: unknown keys {sorted(unknown)}")
         keywords = _strings(spec.get("keywords", []), f"{where}.keywords")
@@ -156,6 +184,7 @@ def parse_topics(data: Any) -> TopicsConfig:
             bluesky=_bluesky(spec.get("bluesky"), keywords, f"{where}.bluesky"),
             mastodon=_mastodon(spec.get("mastodon"), keywords, f"{where}.mastodon"),
             languages=_languages(spec.get("languages", list(DEFAULT_LANGUAGES)), f"{where}.languages"),
+            alerts=_alerts(spec.get("alerts"), f"{where}.alerts"),
         ))
     return TopicsConfig(tuple(topics))
 
@@ -181,6 +210,45 @@ def _languages(value: Any, where: str) -> tuple[str, ...]:
         if not LANGUAGE_CODE.match(code):
             raise TopicsConfigError(f"{where}: {code!r} is not an ISO 639-1 language code like 'en' or 'fr'")
     return tuple(dict.fromkeys(codes))
+
+
+def _duration_s(value: Any, where: str) -> int:
+    """``30m`` / ``2h`` / ``1d`` / ``45s`` or a whole number of seconds, >= 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = DURATION.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise TopicsConfigError(f"{where}: must be seconds (>= 0) or a duration like 30s, 15m, 2h, 1d")
+    return int(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+def _alerts(value: Any, where: str) -> AlertPolicy:
+    if value is None:
+        return AlertPolicy()
+    if value is False:
+        return AlertPolicy(enabled=False)
+    if not isinstance(value, Mapping):
+        raise TopicsConfigError(f"{where}: must be a mapping (enabled, sensitivity, cooldown, min_volume, window)")
+    unknown = set(value) - {"enabled", "sensitivity", "cooldown", "min_volume", "window"}
+    if unknown:
+        raise TopicsConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    enabled = value.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TopicsConfigError(f"{where}.enabled: must be true or false")
+    sensitivity = value.get("sensitivity")
+    if sensitivity is not None and sensitivity not in SENSITIVITY_PRESETS:
+        raise TopicsConfigError(f"{where}.sensitivity: must be one of {', '.join(SENSITIVITY_PRESETS)}")
+    min_volume = value.get("min_volume")
+    if min_volume is not None and (not isinstance(min_volume, int) or isinstance(min_volume, bool) or min_volume < 1):
+        raise TopicsConfigError(f"{where}.min_volume: must be a whole number >= 1")
+    window = value.get("window")
+    if window is not None and window != "auto" and (_duration_s(window, f"{where}.window") <= 0
+                                                    or not isinstance(window, str)):
+        raise TopicsConfigError(f"{where}.window: must be auto or a window length like 5m")
+    cooldown = value.get("cooldown")
+    return AlertPolicy(enabled=enabled, sensitivity=sensitivity,
+                       cooldown_s=None if cooldown is None else _duration_s(cooldown, f"{where}.cooldown"),
+                       min_volume=min_volume, window=window)
 
 
 def _section(value: Any, where: str) -> Mapping[str, Any] | None:

@@ -32,12 +32,11 @@ from stream.alerts import (
     SpikeAlert,
     SpikeDetector,
     alert_message,
-    insert_alerts,
+    looks_with_history,
     mark_delivered,
-    observe_with_history,
-    spike_examples,
 )
 from stream.db import AlertRow
+from stream.incidents import apply_looks, explain_incident
 from stream.sink import DeadLetter, SinkRecord, WriteResult, is_transient
 from stream.windows import TimedTopic, WindowKey, recompute_windows, windows_touched
 
@@ -138,7 +137,7 @@ class WindowAlertStage:
                  notifier: AlertNotifier | None = None, publish_alert: PublishAlert | None = None,
                  executor: Executor | None = None, on_alert: Callable[[SpikeAlert], None] | None = None,
                  watermark: EventTimeWatermark | None = None, attempts: int = 3,
-                 retry_wait_s: float = 0.2) -> None:
+                 retry_wait_s: float = 0.2, historical_after_s: float | None = None) -> None:
         self.engine = engine
         self.window_lengths_s = tuple(window_lengths_s)
         self.detector = detector
@@ -149,6 +148,7 @@ class WindowAlertStage:
         self.watermark = watermark or EventTimeWatermark()
         self.attempts = max(1, attempts)
         self.retry_wait_s = retry_wait_s
+        self.historical_after_s = historical_after_s  # alerts on older windows: stored, never delivered
 
     async def __call__(self, written: WriteResult, records: Sequence[SinkRecord],
                        dead_letters: Sequence[DeadLetter] = ()) -> None:
@@ -203,7 +203,12 @@ class WindowAlertStage:
 
     def recompute_and_detect(self, keys_by_version: dict[str, set[WindowKey]],
                              watermark: datetime | None = None) -> list[SpikeAlert]:
-        """One transaction: windows recomputed, spikes detected, new alerts stored."""
+        """One transaction: windows recomputed, spikes looked for, incidents decided, new alerts stored.
+
+        The incidents and their alerts are decided under a per-topic advisory lock from the
+        ``alert_incidents`` rows (``stream.incidents.apply_looks``), which queues each new deliverable
+        alert through ``stream.incidents.enqueue_delivery`` in this same transaction.
+        """
         new: list[SpikeAlert] = []
         log.debug("recomputing %d windows, watermark %s", sum(map(len, keys_by_version.values())), watermark)
         try:
@@ -211,8 +216,10 @@ class WindowAlertStage:
                 for version, keys in sorted(keys_by_version.items()):
                     aggregates = recompute_windows(conn, keys, version)
                     if self.detector is not None:
-                        new += insert_alerts(conn, observe_with_history(conn, self.detector, aggregates,
-                                                                        watermark=watermark))
+                        now = datetime.now(UTC)
+                        looks = looks_with_history(conn, self.detector, aggregates, watermark=watermark, now=now)
+                        new += apply_looks(conn, looks, self.detector.config_for, now=now,
+                                           historical_after_s=self.historical_after_s, explain=explain_incident)
         except BaseException:
             if self.detector is not None:
                 self.detector.forget()  # it may have disarmed for an alert that was rolled back: rebuild from rows
@@ -224,7 +231,8 @@ class WindowAlertStage:
         return new
 
     async def deliver_pending(self) -> None:
-        """Publish to Kafka and POST to the webhook every stored alert not delivered yet."""
+        """Publish to Kafka and POST to the webhook every stored alert not delivered yet (historical
+        alerts, about windows older than ``historical_after_s``, are never delivered)."""
         loop = asyncio.get_running_loop()
         pending = await loop.run_in_executor(self.executor, self._pending)
         for alert, examples in pending:
@@ -237,15 +245,17 @@ class WindowAlertStage:
     def _pending(self) -> list[tuple[SpikeAlert, list[dict[str, Any]]]]:
         a = AlertRow.__table__
         with self.engine.connect() as conn:
-            rows = conn.execute(select(a).where(a.c.published_at.is_(None)).order_by(a.c.id).limit(100)).all()
-            out = []
-            for r in rows:
-                alert = SpikeAlert(topic=r.topic, window_start=r.window_start.astimezone(UTC),
-                                   window_seconds=r.window_seconds,
-                                   model_version=r.model_version, observed=r.observed, expected=r.expected,
-                                   score=r.score, n_posts=r.n_posts, n_negative=r.n_negative,
-                                   evidence=r.evidence or {}, kind=r.kind)
-                out.append((alert, spike_examples(conn, alert)))
+            rows = conn.execute(select(a).where(a.c.published_at.is_(None), a.c.historical.is_(False))
+                                .order_by(a.c.id).limit(100)).all()
+        out = []
+        for r in rows:
+            alert = SpikeAlert(topic=r.topic, window_start=r.window_start.astimezone(UTC),
+                               window_seconds=r.window_seconds,
+                               model_version=r.model_version, observed=r.observed, expected=r.expected,
+                               score=r.score, n_posts=r.n_posts, n_negative=r.n_negative,
+                               evidence=r.evidence or {}, kind=r.kind, event=r.event, incident_id=r.incident_id,
+                               alert_id=r.id, historical=r.historical)
+            out.append((alert, (alert.evidence.get("explanation") or {}).get("examples", [])))
         return out
 
     def _mark(self, alert: SpikeAlert, status: str) -> None:

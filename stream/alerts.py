@@ -1,28 +1,40 @@
-"""Negative-spike alerts: window aggregates in, alerts out; plus where alerts go (PostgreSQL, Kafka, webhook).
+"""Spike detection: window aggregates in, *looks* out (is this window a negative or a volume spike?).
 
 :class:`SpikeDetector` is pure and deterministic.  Per series (topic, window length, model version) it
-keeps a baseline of the negative share of *closed* windows (EWMA mean and variance, a plain running
-mean while warming up) and tests each window as it fills:
+keeps a baseline of *closed* windows and tests each window while it fills and once more when it closes:
 
-* ``z_binomial``: the window's negative count against Binomial(n, baseline rate) — is this more negative
-  than sampling noise at this volume allows?
-* ``z_ewma``: the window's share against the baseline's own window-to-window spread plus this window's
-  sampling noise — is it unusual for *this* topic, whose share may naturally swing?
+``negative_spike`` (the share of negative posts)
+    The baseline rate is a volume-weighted EWMA (negatives / posts, so a window of 2 posts moves it less
+    than one of 200).  The window's share is tested twice: ``z_binomial``, its negative count against
+    Binomial(n, rate) (is this more than sampling noise at this volume?), and ``z_share``, against the
+    baseline's *extra* window-to-window spread plus this window's sampling noise plus the uncertainty of
+    the rate itself.  The extra spread is the EWMA of squared deviations *minus* the binomial variance the
+    windows' volumes explain: for thin windows that spread is mostly sampling noise, and counting it twice
+    made low-volume topics nearly unable to alert.  The rate's own uncertainty (``rate(1-rate)/N`` for the
+    N posts behind it) keeps a young baseline from firing on its first unusual window.
+``volume_spike`` (the number of posts)
+    The baseline is an EWMA level of counts per window with extra-Poisson spread, times a seasonal factor
+    learned per hour of day once the series has two days of history and per hour of week once it has two
+    weeks (``seasonal factor = EWMA of count / level`` for that slot).  The count is tested against
+    Poisson(expected) (``z_poisson``) and against the expected count's spread (``z_count``); an open
+    window's count so far is compared with the whole window's expectation (conservative, no false alarm
+    from a half-filled window).
 
-It fires when both exceed ``z_threshold`` (plus ``open_window_z_margin`` while the window is still
-filling: repeated looks at a growing sample need more evidence), the share is at least ``min_lift`` above
-the baseline, the window has ``min_volume`` posts (three posts cannot fire) and the series has
-``warmup_windows`` closed baseline windows.  One alert per spike: after firing, the series is disarmed and
-re-arms only when a later closed window's share is back within ``rearm_z`` of the baseline; a
-``cooldown_s`` after an alert blocks a new one anyway.  Windows of an ongoing spike are kept out of the
-baseline (so it measures normal behaviour) unless the shift lasts ``adapt_after_windows`` windows, when it
-is accepted as the new normal.
+A look *fires* when both statistics of its kind reach the threshold (plus ``open_window_z_margin`` while
+the window is still filling: repeated looks at a growing sample need more evidence), the lift (share
+above baseline, or count over expected) is large enough, the window has ``min_volume`` posts and the
+series has ``warmup_windows`` closed windows.  A closed look is *normal* when its statistic is below
+``rearm_z``.  Windows of an ongoing spike (from a firing window until a normal one) stay out of the
+baseline unless the shift lasts ``adapt_after_windows`` windows, when it is accepted as the new normal.
 
-A window closes when a window more than ``lateness_windows`` later of the same series arrives (event time,
-not wall-clock time: batches from several partitions interleave), so replays make the same decisions as
-the live run.  State is rebuilt from ``window_aggregates`` and ``alerts`` rows (:func:`restore_series`):
-a restarted worker keeps its baseline, and a window that already has an alert row disarms the series
-instead of alerting again (the alerts table is unique on topic, kind, window).
+What a look means for an analyst (open an incident, update it, resolve it, cooldown) is decided by
+``stream.incidents`` from the looks: in memory for benchmarks and offline analysis, and in PostgreSQL,
+serialised per topic, in the worker.  Which window length is looked at per topic is chosen from the
+topic's volume (:meth:`SpikeDetector.detection_window`) unless configured.
+
+A window closes when the event-time watermark (or, without one, the series' newest window) is more than
+``lateness_windows`` lengths past it, so replays make the same decisions as the live run.  Baselines are
+rebuilt from ``window_aggregates`` rows (:func:`restore_series`), so a restarted worker keeps them.
 """
 
 from __future__ import annotations
@@ -30,26 +42,28 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import aiohttp
-from sqlalchemy import Integer, Text, and_, column, func, select, true, tuple_, values
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Integer, Text, column, func, select, true, values
 from sqlalchemy.engine import Connection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base, wait_exponential, wait_random
 
-from stream.db import AlertRow, PostRow, SentimentRow, WindowAggregateRow
-from stream.settings import Settings
+from stream.db import WindowAggregateRow
+from stream.settings import Settings, window_seconds
 from stream.windows import AGGREGATE_COLUMNS, WindowAggregate
 
 logger = logging.getLogger(__name__)
 
 KIND_NEGATIVE_SPIKE = "negative_spike"
+KIND_VOLUME_SPIKE = "volume_spike"
+KINDS = (KIND_NEGATIVE_SPIKE, KIND_VOLUME_SPIKE)
+AUTO_WINDOW = "auto"
 _NORMAL = NormalDist()
 
 
@@ -64,18 +78,58 @@ def series_of(agg: WindowAggregate) -> SeriesKey:
 
 
 @dataclass(frozen=True)
-class SpikeConfig:
-    """Detector knobs; defaults follow what analysts' tools use (z = 3, one-hour cooldown)."""
+class Sensitivity:
+    """A preset's thresholds (``SENTISTREAM_ALERT_SENSITIVITY`` or a topic's ``alerts.sensitivity``).
 
-    min_volume: int = 20
-    z_threshold: float = 3.0
+    ``false_alerts_per_week``: the budget the z threshold is derived from.  A topic judged on 1-minute
+    windows is tested 10,080 times a week, on 1-hour windows 168 times, so one fixed z would page a busy
+    topic far more often than a quiet one; instead the closed-window z is the one-sided normal quantile
+    of ``budget / windows per week`` (:func:`z_threshold_for`), at least ``MIN_Z``.  ``balanced`` gives
+    z = 3.89 on 1m, 3.48 on 5m, 3.18 on 15m, 2.75 on 1h windows; an open (filling) window needs
+    ``open_window_z_margin`` more.  ``min_lift``: points the negative share must rise above its
+    baseline; ``min_ratio``: how many times its expected count a window must hold to be a volume spike.
+    """
+
+    false_alerts_per_week: float
+    min_lift: float
+    min_ratio: float
+
+
+SENSITIVITIES: dict[str, Sensitivity] = {
+    # only the unmistakable: z 4.27 on 1m, 3.89 on 5m, 3.62 on 15m, 3.24 on 1h windows
+    "low": Sensitivity(false_alerts_per_week=0.1, min_lift=0.20, min_ratio=3.0),
+    "balanced": Sensitivity(false_alerts_per_week=0.5, min_lift=0.10, min_ratio=2.0),  # the default
+    # earlier and smaller shifts, more false alerts: z 3.54 on 1m, 3.09 on 5m, 2.75 on 15m, 2.5 on 1h
+    "high": Sensitivity(false_alerts_per_week=2.0, min_lift=0.05, min_ratio=1.5),
+}
+MIN_Z = 2.5  # no budget makes a window with z < 2.5 an alert
+WEEK_S = 7 * 86400
+
+
+def z_threshold_for(false_alerts_per_week: float, window_seconds: int) -> float:
+    """The closed-window z at which a window length's weekly tests spend ``false_alerts_per_week``."""
+    tests_per_week = max(WEEK_S / max(window_seconds, 1), 1.0)
+    p = min(false_alerts_per_week / tests_per_week, 0.5)
+    return max(MIN_Z, _NORMAL.inv_cdf(1.0 - p))
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    """Detector knobs for one topic (the global defaults, overridden by the topic's ``alerts`` section)."""
+
+    enabled: bool = True
+    min_volume: int = 10
+    z_threshold: float | None = None  # None: from ``false_alerts_per_week`` and the window length
+    false_alerts_per_week: float = 0.5
     min_lift: float = 0.10
-    warmup_windows: int = 12
+    min_ratio: float = 2.0
+    warmup_windows: int = 5
     alpha: float = 0.1
     rearm_z: float = 1.0
     cooldown_s: int = 3600
     adapt_after_windows: int = 12
     rate_floor: float = 0.02  # keeps the binomial variance positive for a topic that is never negative
+    window: str = AUTO_WINDOW  # the detection window length ("15m"), or chosen from the topic's volume
     # A window is tested while it fills (fast alerts) and once more when it closes.  The looks at a
     # filling window need ``open_window_z_margin`` more evidence: repeated looks at a small, growing
     # sample would otherwise multiply the false-alarm rate.
@@ -87,74 +141,123 @@ class SpikeConfig:
     max_future_s: int = 300
 
     @classmethod
+    def preset(cls, sensitivity: str, **overrides: Any) -> SpikeConfig:
+        if sensitivity not in SENSITIVITIES:
+            raise ValueError(f"sensitivity {sensitivity!r} is not one of {', '.join(SENSITIVITIES)}")
+        s = SENSITIVITIES[sensitivity]
+        return cls(**{"false_alerts_per_week": s.false_alerts_per_week, "min_lift": s.min_lift,
+                      "min_ratio": s.min_ratio, **overrides})
+
+    def z_for(self, window_seconds: int) -> float:
+        """The closed-window z threshold on this window length."""
+        if self.z_threshold is not None:
+            return self.z_threshold
+        return z_threshold_for(self.false_alerts_per_week, window_seconds)
+
+    @classmethod
     def from_settings(cls, settings: Settings) -> SpikeConfig:
-        return cls(min_volume=settings.alert_min_volume, z_threshold=settings.alert_z_threshold,
-                   cooldown_s=settings.alert_cooldown_s, warmup_windows=settings.alert_warmup_windows)
+        overrides: dict[str, Any] = {
+            "enabled": settings.alert_enabled, "min_volume": settings.alert_min_volume,
+            "cooldown_s": settings.alert_cooldown_s, "warmup_windows": settings.alert_warmup_windows,
+            "window": settings.alert_window}
+        if settings.alert_z_threshold is not None:
+            overrides["z_threshold"] = settings.alert_z_threshold
+        return cls.preset(settings.alert_sensitivity, **overrides)
+
+    def for_topic(self, policy: Any) -> SpikeConfig:
+        """This config with a topic's ``alerts`` section (connectors.topics.AlertPolicy) applied."""
+        if policy is None:
+            return self
+        changes: dict[str, Any] = {}
+        if policy.sensitivity is not None:
+            s = SENSITIVITIES[policy.sensitivity]
+            changes.update(false_alerts_per_week=s.false_alerts_per_week, min_lift=s.min_lift,
+                           min_ratio=s.min_ratio)
+        for name in ("enabled", "min_volume", "cooldown_s", "window"):
+            if getattr(policy, name) is not None:
+                changes[name] = getattr(policy, name)
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
-class SpikeAlert:
-    """One negative spike, with the evidence an analyst needs to judge it."""
+class Look:
+    """One test of one window for one kind: what ``stream.incidents`` turns into incident events."""
 
-    topic: str
-    window_start: datetime
-    window_seconds: int
-    model_version: str
-    observed: float
-    expected: float
-    score: float
-    n_posts: int
-    n_negative: int
-    evidence: dict[str, Any]
-    kind: str = KIND_NEGATIVE_SPIKE
+    kind: str
+    window: WindowAggregate
+    final: bool  # the window is closed: these are its final numbers
+    fires: bool
+    normal: bool  # closed and back within ``rearm_z`` of the baseline
+    score: float  # the smaller of the kind's two standard scores
+    observed: float  # negative share, or post count
+    expected: float  # baseline share, or expected count
+    stats: dict[str, float]
+    threshold: float
+
+    @property
+    def topic(self) -> str:
+        return self.window.topic
+
+    @property
+    def model_version(self) -> str:
+        return self.window.model_version
+
+    @property
+    def window_start(self) -> datetime:
+        return self.window.window_start
 
     @property
     def window_end(self) -> datetime:
-        return self.window_start + timedelta(seconds=self.window_seconds)
+        return self.window.window_start + timedelta(seconds=self.window.window_seconds)
+
+
+@dataclass
+class _Baseline:
+    """One series' memory of normal: share (volume-weighted EWMA) and count (EWMA level, seasonal)."""
+
+    neg: float = 0.0  # decayed negatives
+    posts: float = 0.0  # decayed posts
+    dev2: float = 0.0  # EWMA of squared share deviations
+    binvar: float = 0.0  # EWMA of the binomial variance those windows' volumes explain
+    level: float = 0.0  # EWMA of deseasonalised counts per window
+    count_var: float = 0.0  # EWMA of squared count deviations
+    windows: int = 0
+    first_start: datetime | None = None
+    hour_of_day: dict[int, tuple[float, int]] = field(default_factory=dict)  # factor, observations
+    hour_of_week: dict[int, tuple[float, int]] = field(default_factory=dict)
 
     @property
-    def key(self) -> str:
-        """Stable id of the alert: the Kafka key, and what makes a replayed alert the same alert."""
-        return f"{self.topic}:{self.kind}:{self.window_start.isoformat()}:{self.window_seconds}"
-
-    def summary(self) -> str:
-        return (f"Negative spike in '{self.topic}': {self.observed:.0%} negative of {self.n_posts} posts "
-                f"in the {_span(self.window_seconds)} from {self.window_start:%Y-%m-%d %H:%M} UTC "
-                f"(baseline {self.expected:.0%}, z = {self.score:.1f})")
-
-    def to_row(self) -> dict[str, Any]:
-        return {"topic": self.topic, "kind": self.kind, "window_start": self.window_start,
-                "window_seconds": self.window_seconds, "model_version": self.model_version,
-                "observed": self.observed, "expected": self.expected, "score": self.score,
-                "n_posts": self.n_posts, "n_negative": self.n_negative, "evidence": self.evidence}
-
-    def to_dict(self) -> dict[str, Any]:
-        row = self.to_row()
-        row["window_start"] = self.window_start.isoformat()
-        row["window_end"] = self.window_end.isoformat()
-        row["summary"] = self.summary()
-        return row
+    def rate(self) -> float:
+        return self.neg / self.posts if self.posts > 0 else 0.0
 
 
 @dataclass
 class _Series:
-    mean: float = 0.0
-    var: float = 0.0
-    baseline_windows: int = 0
-    armed: bool = True
-    spike_windows: int = 0
-    last_alert_start: datetime | None = None
-    # Windows still open (filling, not yet in the baseline), by start; and the start of the last closed one.
+    baseline: _Baseline = field(default_factory=_Baseline)
+    # Per kind: the start of the window that fired and how many closed windows the spike has lasted.
+    spike_since: dict[str, datetime] = field(default_factory=dict)
+    spike_windows: dict[str, int] = field(default_factory=dict)
     open: dict[datetime, WindowAggregate] = field(default_factory=dict)
     closed_until: datetime | None = None
 
 
 @dataclass
 class SpikeDetector:
-    """Per-series spike state machine; feed it window aggregates in any batch order, get alerts."""
+    """Per-series baselines; feed it window aggregates in any batch order, get looks (or alerts).
+
+    ``topic_configs`` holds per-topic overrides of ``config`` (the topics file's ``alerts`` sections).
+    ``observe`` runs the looks through an in-memory :class:`stream.incidents.IncidentBook` and returns
+    the alerts of new incidents: offline analysis, tests and ``bench/alerts.py``.  The worker uses
+    :meth:`looks` and decides incidents in PostgreSQL (``stream.incidents.apply_looks``).
+    """
 
     config: SpikeConfig = field(default_factory=SpikeConfig)
+    topic_configs: Mapping[str, SpikeConfig] = field(default_factory=dict)
     _series: dict[SeriesKey, _Series] = field(default_factory=dict)
+    _book: Any = None
+
+    def config_for(self, topic: str) -> SpikeConfig:
+        return self.topic_configs.get(topic, self.config)
 
     def knows(self, key: SeriesKey) -> bool:
         return key in self._series
@@ -166,8 +269,8 @@ class SpikeDetector:
     def forget(self, keys: Iterable[SeriesKey] | None = None) -> None:
         """Drop the state of ``keys`` (all series when None); the next batch restores it from PostgreSQL.
 
-        Call it when the transaction that stored this detector's alerts rolls back: the detector already
-        disarmed itself for an alert that now does not exist, and the database is the truth to rebuild from.
+        Call it when the transaction that stored this detector's decisions rolls back: the database is
+        the truth to rebuild from.
         """
         if keys is None:
             self._series.clear()
@@ -175,39 +278,72 @@ class SpikeDetector:
             for key in keys:
                 self._series.pop(key, None)
 
+    def baseline_volume(self, key: SeriesKey) -> tuple[float, int]:
+        """(usual posts per window, closed baseline windows) of a series; (0, 0) when unknown."""
+        state = self._series.get(key)
+        return (state.baseline.level, state.baseline.windows) if state else (0.0, 0)
+
+    def detection_window(self, topic: str, model_version: str, lengths: Sequence[int]) -> int | None:
+        """The window length alerts for ``topic`` are decided on.
+
+        Configured (``window: 15m``) wins.  Otherwise the shortest length whose usual volume is at least
+        half ``min_volume`` (so a window that doubles its volume can be judged) among the series that
+        finished their warm-up; before any has, the shortest one (nothing can fire during warm-up anyway).
+        """
+        cfg = self.config_for(topic)
+        if cfg.window != AUTO_WINDOW:
+            return window_seconds(cfg.window)
+        ordered = sorted(lengths)
+        warmed = [s for s in ordered if self.baseline_volume(SeriesKey(topic, s, model_version))[1]
+                  >= cfg.warmup_windows]
+        for s in warmed:
+            if self.baseline_volume(SeriesKey(topic, s, model_version))[0] >= cfg.min_volume / 2:
+                return s
+        return warmed[-1] if warmed else (ordered[0] if ordered else None)
+
+    def looks(self, aggregates: Iterable[WindowAggregate], now: datetime | None = None,
+              watermark: datetime | None = None) -> list[Look]:
+        """Take the current values of some windows (e.g. those a batch touched); return their looks.
+
+        Only looks of each topic's detection window are returned (every length still learns its
+        baseline).  With ``now``, windows starting more than ``max_future_s`` after it are ignored: one
+        post with a clock years ahead must not close every real window of its topic.
+        """
+        aggs = self._in_order(aggregates, now)
+        lengths: dict[tuple[str, str], set[int]] = {}
+        for a in aggs:
+            lengths.setdefault((a.topic, a.model_version), set()).add(a.window_seconds)
+        for key in self._series:
+            if (key.topic, key.model_version) in lengths:
+                lengths[(key.topic, key.model_version)].add(key.window_seconds)
+        chosen = {tm: self.detection_window(tm[0], tm[1], sorted(ls)) for tm, ls in lengths.items()}
+        out: list[Look] = []
+        for agg in aggs:
+            emit = chosen[(agg.topic, agg.model_version)] == agg.window_seconds
+            out.extend(self._observe_one(agg, emit=emit, watermark=watermark))
+        return out
+
     def observe(self, aggregates: Iterable[WindowAggregate], now: datetime | None = None,
                 watermark: datetime | None = None) -> list[SpikeAlert]:
-        """Take the current values of some windows (e.g. those a batch touched); return new alerts.
+        """Looks through an in-memory incident book: the ``opened`` alerts of new incidents."""
+        from stream.incidents import IncidentBook
 
-        With ``now``, windows starting more than ``max_future_s`` after it are ignored: one post with a
-        clock years ahead must not close every real window of its topic.
-        """
-        alerts: list[SpikeAlert] = []
-        for agg in self._in_order(aggregates, now):
-            alerts.extend(self._observe_one(agg, emit=True, watermark=watermark))
-        return alerts
+        if self._book is None:
+            self._book = IncidentBook(self.config_for)
+        return [a for a in self._book.apply(self.looks(aggregates, now, watermark), now=now) if a.event == "opened"]
 
-    def restore(self, history: Iterable[WindowAggregate], alerted: Iterable[tuple[str, datetime, int]] = (),
-                now: datetime | None = None, watermark: datetime | None = None) -> None:
-        """Rebuild state from stored windows and stored alerts, emitting nothing.
-
-        ``alerted`` holds (topic, window_start, window_seconds) of alert rows: those windows disarm the
-        series exactly as the live run did, so a restarted or replaying worker does not alert twice.
-        """
-        fired = {(t, ws.astimezone(UTC), s) for t, ws, s in alerted}
+    def restore(self, history: Iterable[WindowAggregate], now: datetime | None = None,
+                watermark: datetime | None = None) -> None:
+        """Rebuild baselines from stored windows, emitting nothing (the looks are deterministic)."""
         for agg in self._in_order(history, now):
             self._observe_one(agg, emit=False, watermark=watermark)
-            if (agg.topic, agg.window_start, agg.window_seconds) in fired:
-                state = self._series[series_of(agg)]
-                state.armed, state.last_alert_start = False, agg.window_start
 
     def _in_order(self, aggregates: Iterable[WindowAggregate], now: datetime | None) -> list[WindowAggregate]:
         horizon = None if now is None else now + timedelta(seconds=self.config.max_future_s)
         return sorted((a for a in aggregates if horizon is None or a.window_start <= horizon),
                       key=lambda a: (series_of(a), a.window_start))
 
-    def _observe_one(self, agg: WindowAggregate, *, emit: bool, watermark: datetime | None = None
-                     ) -> list[SpikeAlert]:
+    def _observe_one(self, agg: WindowAggregate, *, emit: bool, watermark: datetime | None = None) -> list[Look]:
         """Update an open window, close the windows that are now past the allowed lateness, test.
 
         Windows close by ``watermark`` when the caller knows one (the event time every partition with a
@@ -215,97 +351,162 @@ class SpikeDetector:
         window.  Without a watermark, one partition racing ahead in a backfill would close windows the
         other partitions have not filled yet, and a spike in them would never be evaluated complete.
         """
+        cfg = self.config_for(agg.topic)
         state = self._series.setdefault(series_of(agg), _Series())
         if state.closed_until is not None and agg.window_start <= state.closed_until:
             return []  # a late post in a closed window: its numbers are stored, the baseline moved on
         state.open[agg.window_start] = agg
-        alerts: list[SpikeAlert] = []
+        looks: list[Look] = []
         newest = max(state.open) if watermark is None else watermark
-        lateness = timedelta(seconds=agg.window_seconds * self.config.lateness_windows)
+        lateness = timedelta(seconds=agg.window_seconds * cfg.lateness_windows)
         for start in sorted(state.open):
             if newest - start <= lateness:
                 break
             closing = state.open.pop(start)
-            if emit:  # the final look at a complete window uses the plain threshold
-                alerts.extend(self._evaluate(state, closing, self.config.z_threshold))
-            self._close(state, closing)
+            closing_looks = [self._test(state, closing, kind, cfg, final=True) for kind in KINDS]
+            if emit and cfg.enabled:
+                looks.extend(closing_looks)
+            self._close(state, closing, closing_looks, cfg)
             state.closed_until = start
-        if emit and self.config.evaluate_open_windows and agg.window_start in state.open:
-            alerts.extend(self._evaluate(state, agg, self.config.z_threshold + self.config.open_window_z_margin))
-        return alerts
+        if emit and cfg.enabled and cfg.evaluate_open_windows and agg.window_start in state.open:
+            for kind in KINDS:
+                look = self._test(state, agg, kind, cfg, final=False)
+                if look.fires:
+                    looks.append(look)
+                    state.spike_since.setdefault(kind, agg.window_start)
+        return looks
 
-    def _evaluate(self, state: _Series, agg: WindowAggregate, threshold: float) -> list[SpikeAlert]:
-        cfg = self.config
-        if not state.armed or state.baseline_windows < cfg.warmup_windows or agg.n_posts < cfg.min_volume:
-            return []
-        if state.last_alert_start is not None and (
-                agg.window_start - state.last_alert_start).total_seconds() < cfg.cooldown_s:
-            return []
-        test = self._test(state, agg)
-        if min(test["z_binomial"], test["z_ewma"]) < threshold or test["lift"] < cfg.min_lift:
-            return []
-        state.armed, state.last_alert_start = False, agg.window_start
-        score = min(test["z_binomial"], test["z_ewma"])
-        evidence = {
-            "window_start": agg.window_start.isoformat(),
-            "window_end": (agg.window_start + timedelta(seconds=agg.window_seconds)).isoformat(),
-            "window_seconds": agg.window_seconds,
-            "n_posts": agg.n_posts, "n_negative": agg.n_negative,
-            "observed": test["observed"], "expected": state.mean, "baseline_sd": math.sqrt(state.var),
-            "baseline_windows": state.baseline_windows, "z_binomial": test["z_binomial"],
-            "z_ewma": test["z_ewma"], "lift": test["lift"],
-            "p_value": test["p_value"],  # exact one-sided binomial tail P(X >= n_negative)
-            "mean_intensity": agg.mean_intensity, "threshold": threshold,
-        }
-        return [SpikeAlert(agg.topic, agg.window_start, agg.window_seconds, agg.model_version,
-                           observed=test["observed"], expected=state.mean, score=score, n_posts=agg.n_posts,
-                           n_negative=agg.n_negative, evidence=evidence)]
+    def _test(self, state: _Series, agg: WindowAggregate, kind: str, cfg: SpikeConfig, *, final: bool) -> Look:
+        b = state.baseline
+        threshold = cfg.z_for(agg.window_seconds) + (0.0 if final else cfg.open_window_z_margin)
+        ready = b.windows >= cfg.warmup_windows and agg.n_posts >= cfg.min_volume
+        share = share_test(agg.n_negative, agg.n_posts, b, cfg.rate_floor)
+        volume = count_test(agg.n_posts, b, agg.window_start, agg.window_seconds)
+        if kind == KIND_NEGATIVE_SPIKE:
+            score = min(share["z_binomial"], share["z_share"])
+            fires = ready and score >= threshold and share["lift"] >= cfg.min_lift
+            normal = b.windows == 0 or agg.n_posts == 0 or share["z_share"] < cfg.rearm_z
+            observed, expected = share["observed"], b.rate
+        else:
+            score = min(volume["z_poisson"], volume["z_count"])
+            fires = ready and score >= threshold and volume["ratio"] >= cfg.min_ratio
+            normal = b.windows == 0 or volume["z_count"] < cfg.rearm_z
+            observed, expected = float(agg.n_posts), volume["expected"]
+        stats = {**{f"share_{k}": v for k, v in share.items()}, **{f"volume_{k}": v for k, v in volume.items()},
+                 "baseline_rate": b.rate, "baseline_posts": b.posts, "baseline_windows": float(b.windows)}
+        return Look(kind, agg, final, fires, final and normal, score, observed, expected, stats, threshold)
 
-    def _test(self, state: _Series, agg: WindowAggregate) -> dict[str, float]:
-        n = agg.n_posts
-        observed = agg.n_negative / n
-        rate = min(max(state.mean, self.config.rate_floor), 1 - self.config.rate_floor)
-        sampling_var = rate * (1 - rate) / n
-        # Only the upper tail matters (a spike is *more* negative); at or below the rate, skip the sum.
-        p_value = binomial_sf(agg.n_negative, n, rate) if observed > rate else 1.0
-        return {
-            "observed": observed,
-            "p_value": p_value,
-            "z_binomial": -_NORMAL.inv_cdf(min(max(p_value, 1e-300), 0.5)) if p_value < 0.5 else 0.0,
-            "z_ewma": (observed - state.mean) / math.sqrt(state.var + sampling_var),
-            "lift": observed - state.mean,
-        }
-
-    def _close(self, state: _Series, agg: WindowAggregate) -> None:
-        """A window is final: re-arm if the spike is over, and fold it into the baseline if normal."""
-        if agg.n_posts == 0:
+    def _close(self, state: _Series, agg: WindowAggregate, looks: Sequence[Look], cfg: SpikeConfig) -> None:
+        """A window is final: end or extend each kind's spike, and fold it into the baseline if normal."""
+        keep_out = False
+        for look in looks:
+            kind = look.kind
+            if look.fires:
+                state.spike_since.setdefault(kind, agg.window_start)
+            since = state.spike_since.get(kind)
+            if since is None or agg.window_start < since:
+                continue  # no spike, or an earlier window that closed late: ordinary baseline
+            if look.normal and not look.fires:
+                state.spike_since.pop(kind, None)
+                state.spike_windows.pop(kind, None)
+                continue
+            state.spike_windows[kind] = state.spike_windows.get(kind, 0) + 1
+            if state.spike_windows[kind] < cfg.adapt_after_windows:
+                keep_out = True
+            else:  # it lasted: the new normal
+                state.spike_since.pop(kind, None)
+                state.spike_windows.pop(kind, None)
+        if agg.n_posts == 0 and state.baseline.windows == 0:
             return
-        # Only windows from the alerted one onwards belong to the spike; an earlier window that closes
-        # late (lateness) is ordinary baseline and must not re-arm the series.
-        in_spike = not state.armed and (state.last_alert_start is None or agg.window_start >= state.last_alert_start)
-        if in_spike:
-            state.spike_windows += 1
-            back_to_normal = state.baseline_windows > 0 and self._test(state, agg)["z_ewma"] < self.config.rearm_z
-            if back_to_normal:
-                state.armed, state.spike_windows = True, 0
-            elif state.spike_windows < self.config.adapt_after_windows:
-                return
-        self._fold(state, agg.n_negative / agg.n_posts, agg.n_posts)
+        if not keep_out:
+            fold(state.baseline, agg, cfg.alpha)
 
-    def _fold(self, state: _Series, share: float, n: int) -> None:
-        # Plain running mean/variance while warming up, then EWMA; a thin window moves the baseline less.
-        alpha = max(self.config.alpha, 1.0 / (state.baseline_windows + 1))
-        alpha *= min(1.0, n / self.config.min_volume) if state.baseline_windows else 1.0
-        diff = share - state.mean
-        incr = alpha * diff
-        state.mean += incr
-        state.var = (1 - alpha) * (state.var + diff * incr)
-        state.baseline_windows += 1
+
+def share_test(k: int, n: int, b: _Baseline, rate_floor: float = 0.02) -> dict[str, float]:
+    """The negative-share statistics of ``k`` negatives in ``n`` posts against baseline ``b``."""
+    if n <= 0:
+        return {"observed": 0.0, "p_value": 1.0, "z_binomial": 0.0, "z_share": 0.0, "lift": 0.0,
+                "baseline_sd": 0.0}
+    observed = k / n
+    rate = min(max(b.rate, rate_floor), 1 - rate_floor)
+    sampling_var = rate * (1 - rate) / n
+    extra_var = max(0.0, b.dev2 - b.binvar)  # the spread sampling noise does not explain
+    rate_var = rate * (1 - rate) / max(b.posts, 1.0)  # how well the baseline rate itself is known
+    # Only the upper tail matters (a spike is *more* negative); at or below the rate, skip the sum.
+    p_value = binomial_sf(k, n, rate) if observed > rate else 1.0
+    return {
+        "observed": observed,
+        "p_value": p_value,
+        "z_binomial": -_NORMAL.inv_cdf(min(max(p_value, 1e-300), 0.5)) if p_value < 0.5 else 0.0,
+        "z_share": (observed - b.rate) / math.sqrt(extra_var + sampling_var + rate_var),
+        "lift": observed - b.rate,
+        "baseline_sd": math.sqrt(extra_var),
+    }
+
+
+def seasonal_factor(b: _Baseline, window_start: datetime, window_seconds: int) -> float:
+    """How busy this hour usually is relative to the level: hour of week with two weeks of history,
+    hour of day with two days, else 1 (and 1 for windows of a day or longer)."""
+    if window_seconds >= 86400 or b.first_start is None:
+        return 1.0
+    history = (window_start - b.first_start).total_seconds()
+    how = window_start.weekday() * 24 + window_start.hour
+    if history >= 14 * 86400 and b.hour_of_week.get(how, (1.0, 0))[1] >= 2:
+        return max(b.hour_of_week[how][0], 0.05)
+    if history >= 2 * 86400 and b.hour_of_day.get(window_start.hour, (1.0, 0))[1] >= 2:
+        return max(b.hour_of_day[window_start.hour][0], 0.05)
+    return 1.0
+
+
+def count_test(count: int, b: _Baseline, window_start: datetime, window_seconds: int) -> dict[str, float]:
+    """The volume statistics of ``count`` posts in a window against baseline ``b``."""
+    factor = seasonal_factor(b, window_start, window_seconds)
+    expected = max(b.level * factor, 0.5)  # a silent topic still expects a post now and then
+    extra_var = max(0.0, b.count_var - b.level) * factor * factor  # beyond Poisson
+    level_var = expected * expected / max(b.windows, 1)  # how well the level itself is known
+    p_value = poisson_sf(count, expected) if count > expected else 1.0
+    return {
+        "expected": expected,
+        "seasonal_factor": factor,
+        "ratio": count / expected,
+        "p_value": p_value,
+        "z_poisson": -_NORMAL.inv_cdf(min(max(p_value, 1e-300), 0.5)) if p_value < 0.5 else 0.0,
+        "z_count": (count - expected) / math.sqrt(expected + extra_var + level_var),
+    }
+
+
+def fold(b: _Baseline, agg: WindowAggregate, alpha: float) -> None:
+    """Fold a normal closed window into the baseline: plain averages while warming up, then EWMA."""
+    a = max(alpha, 1.0 / (b.windows + 1))
+    n = agg.n_posts
+    if n > 0:
+        share = agg.n_negative / n
+        rate = b.rate if b.posts > 0 else share
+        p = min(max(rate, 0.02), 0.98)
+        b.dev2 += a * ((share - rate) ** 2 - b.dev2)
+        b.binvar += a * (p * (1 - p) / n - b.binvar)
+        # Volume-weighted rate: plain sums while warming up, then the memory decays by (1 - alpha).
+        keep = 1.0 if b.windows < 1.0 / alpha else 1.0 - alpha
+        b.neg = keep * b.neg + agg.n_negative
+        b.posts = keep * b.posts + n
+    factor = seasonal_factor(b, agg.window_start, agg.window_seconds)
+    diff = n / factor - b.level
+    b.count_var = (1 - a) * (b.count_var + a * diff * diff)
+    b.level += a * diff
+    if b.first_start is None:
+        b.first_start = agg.window_start
+    if agg.window_seconds < 86400 and b.level > 0:
+        ratio = n / b.level
+        for slots, slot in ((b.hour_of_day, agg.window_start.hour),
+                            (b.hour_of_week, agg.window_start.weekday() * 24 + agg.window_start.hour)):
+            old, seen = slots.get(slot, (1.0, 0))
+            slots[slot] = (ratio if seen == 0 else old + max(0.2, 1.0 / (seen + 1)) * (ratio - old), seen + 1)
+    b.windows += 1
 
 
 def binomial_sf(k: int, n: int, p: float) -> float:
     """P(X >= k) for X ~ Binomial(n, p), exact: the normal approximation is too optimistic for the small,
-    skewed windows (n ~ 20-50, p ~ 0.2) where false alarms would come from."""
+    skewed windows (n ~ 10-50, p ~ 0.2) where false alarms would come from."""
     if k <= 0:
         return 1.0
     if k > n:
@@ -327,6 +528,96 @@ def binomial_sf(k: int, n: int, p: float) -> float:
     return min(total, 1.0)
 
 
+def poisson_sf(k: int, mu: float) -> float:
+    """P(X >= k) for X ~ Poisson(mu), exact (summed upward from k; terms shrink once k > mu)."""
+    if k <= 0:
+        return 1.0
+    total, j = 0.0, k
+    log_term = k * math.log(mu) - mu - math.lgamma(k + 1)
+    while True:
+        term = math.exp(log_term)
+        total += term
+        if term < total * 1e-17 or j > k + 10_000:
+            break
+        j += 1
+        log_term += math.log(mu) - math.log(j)
+    return min(total, 1.0)
+
+
+@dataclass(frozen=True)
+class SpikeAlert:
+    """One incident event (opened / updated / resolved), with the evidence an analyst needs to judge it."""
+
+    topic: str
+    window_start: datetime
+    window_seconds: int
+    model_version: str
+    observed: float
+    expected: float
+    score: float
+    n_posts: int
+    n_negative: int
+    evidence: dict[str, Any]
+    kind: str = KIND_NEGATIVE_SPIKE
+    event: str = "opened"
+    incident_id: int | None = None
+    alert_id: int | None = None
+    historical: bool = False
+
+    @property
+    def window_end(self) -> datetime:
+        return self.window_start + timedelta(seconds=self.window_seconds)
+
+    @property
+    def key(self) -> str:
+        """Stable id of the alert: the Kafka key, and what makes a replayed alert the same alert."""
+        return (f"{self.topic}:{self.kind}:{self.model_version}:{self.window_start.isoformat()}:"
+                f"{self.window_seconds}:{self.event}")
+
+    def summary(self) -> str:
+        verb = {"opened": "", "updated": " (update)", "resolved": " (resolved)"}.get(self.event, "")
+        when = f"the {_span(self.window_seconds)} from {self.window_start:%Y-%m-%d %H:%M} UTC"
+        if self.kind == KIND_VOLUME_SPIKE:
+            return (f"Volume spike in '{self.topic}'{verb}: {self.n_posts} posts in {when} "
+                    f"(expected {self.expected:.1f}, z = {self.score:.1f})")
+        return (f"Negative spike in '{self.topic}'{verb}: {self.observed:.0%} negative of {self.n_posts} posts "
+                f"in {when} (baseline {self.expected:.0%}, z = {self.score:.1f})")
+
+    def to_row(self) -> dict[str, Any]:
+        return {"topic": self.topic, "kind": self.kind, "window_start": self.window_start,
+                "window_seconds": self.window_seconds, "model_version": self.model_version,
+                "observed": self.observed, "expected": self.expected, "score": self.score,
+                "n_posts": self.n_posts, "n_negative": self.n_negative, "evidence": self.evidence,
+                "event": self.event, "incident_id": self.incident_id, "historical": self.historical}
+
+    def to_dict(self) -> dict[str, Any]:
+        row = self.to_row()
+        row["alert_id"] = self.alert_id
+        row["window_start"] = self.window_start.isoformat()
+        row["window_end"] = self.window_end.isoformat()
+        row["summary"] = self.summary()
+        return row
+
+
+def spike_detector(settings: Settings, topics: Any = None) -> SpikeDetector:
+    """The worker's detector: global settings, each topic's ``alerts`` section (connectors.topics) on top.
+
+    Raises ValueError for a topic whose ``alerts.window`` is not one of ``SENTISTREAM_WINDOWS`` (no
+    aggregates of that length exist, so it could never alert).
+    """
+    base = SpikeConfig.from_settings(settings)
+    per_topic: dict[str, SpikeConfig] = {}
+    for topic in getattr(topics, "topics", ()):
+        cfg = base.for_topic(topic.alerts)
+        if cfg.window != AUTO_WINDOW and window_seconds(cfg.window) not in settings.window_lengths_s:
+            raise ValueError(f"topics.{topic.name}.alerts.window: {cfg.window} is not one of the aggregated "
+                             f"windows ({','.join(settings.windows)}); add it to SENTISTREAM_WINDOWS")
+        per_topic[topic.name] = cfg
+    if base.window != AUTO_WINDOW and window_seconds(base.window) not in settings.window_lengths_s:
+        raise ValueError(f"SENTISTREAM_ALERT_WINDOW={base.window} is not one of SENTISTREAM_WINDOWS")
+    return SpikeDetector(base, per_topic)
+
+
 def detect(aggregates: Iterable[WindowAggregate], config: SpikeConfig | None = None) -> list[SpikeAlert]:
     """Run a fresh detector over a whole feed of final window aggregates (offline analysis, tests)."""
     return SpikeDetector(config or SpikeConfig()).observe(aggregates)
@@ -341,16 +632,18 @@ def _span(seconds: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# PostgreSQL: restore, store, examples
+# PostgreSQL: restore baselines
 # --------------------------------------------------------------------------------------------------
 
 def restore_series(conn: Connection, detector: SpikeDetector, keys: Iterable[SeriesKey],
                    history_windows: int = 500, now: datetime | None = None,
                    watermark: datetime | None = None) -> None:
-    """Load the last ``history_windows`` windows and the alerts of each series into ``detector``.
+    """Load the last ``history_windows`` windows of each series into ``detector``.
 
     Call it for series the detector does not know yet (``detector.knows``) before observing them; a
     worker then never forgets a baseline across restarts.  500 windows is ~99% of an alpha=0.1 EWMA.
+    Whether a series is in an incident is not restored from here: ``stream.incidents`` reads that from
+    ``alert_incidents`` for every decision.
     """
     keys = sorted(set(keys))
     if not keys:
@@ -368,88 +661,71 @@ def restore_series(conn: Connection, detector: SpikeDetector, keys: Iterable[Ser
     rows = conn.execute(select(*(recent.c[c] for c in AGGREGATE_COLUMNS))
                         .select_from(series.join(recent, true()))).all()
     history = [WindowAggregate(*r)._replace(window_start=r[1].astimezone(UTC)) for r in rows]
-    a = AlertRow.__table__
-    alerted = conn.execute(
-        select(a.c.topic, a.c.window_start, a.c.window_seconds).where(and_(
-            a.c.kind == KIND_NEGATIVE_SPIKE,
-            tuple_(a.c.topic, a.c.window_seconds).in_([(k.topic, k.window_seconds) for k in keys]),
-        ))).all()
-    detector.restore(history, [tuple(r) for r in alerted], now=now, watermark=watermark)
+    detector.restore(history, now=now, watermark=watermark)
     for key in keys:  # a series with no stored windows yet is known (and empty) from now on
         detector.track(key)
 
 
-def observe_with_history(conn: Connection, detector: SpikeDetector, aggregates: Sequence[WindowAggregate],
-                         watermark: datetime | None = None) -> list[SpikeAlert]:
-    """Restore unknown series from the database, then observe: what the worker calls per batch."""
+def looks_with_history(conn: Connection, detector: SpikeDetector, aggregates: Sequence[WindowAggregate],
+                       watermark: datetime | None = None, now: datetime | None = None) -> list[Look]:
+    """Restore unknown series (every configured length of the batch's topics) then look."""
     unknown = {series_of(a) for a in aggregates if not detector.knows(series_of(a))}
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     restore_series(conn, detector, unknown, now=now, watermark=watermark)
-    return detector.observe(aggregates, now=now, watermark=watermark)
-
-
-def insert_alerts(conn: Connection, alerts: Sequence[SpikeAlert]) -> list[SpikeAlert]:
-    """Insert alerts, skipping ones already stored; return only the new ones (publish those)."""
-    if not alerts:
-        return []
-    a = AlertRow.__table__
-    stmt = (pg_insert(a).values([al.to_row() for al in alerts])
-            .on_conflict_do_nothing(constraint="uq_alerts_event_key")
-            .returning(a.c.topic, a.c.kind, a.c.window_start, a.c.window_seconds))
-    new = {(t, k, ws.astimezone(UTC), s) for t, k, ws, s in conn.execute(stmt)}
-    return [al for al in alerts if (al.topic, al.kind, al.window_start, al.window_seconds) in new]
-
-
-def mark_delivered(conn: Connection, alert: SpikeAlert, webhook_status: str) -> None:
-    """Record that an alert went to Kafka (published_at) and what the webhook said."""
-    a = AlertRow.__table__
-    conn.execute(a.update().where(and_(a.c.topic == alert.topic, a.c.kind == alert.kind,
-                                       a.c.window_start == alert.window_start,
-                                       a.c.window_seconds == alert.window_seconds))
-                 .values(published_at=func.now(), webhook_status=webhook_status))
-
-
-def spike_examples(conn: Connection, alert: SpikeAlert, limit: int = 5) -> list[dict[str, Any]]:
-    """The most negative posts of the alert's window: what an analyst reads first to see what drove it."""
-    p, s = PostRow.__table__, SentimentRow.__table__
-    rows = conn.execute(
-        select(p.c.platform, p.c.post_id, p.c.url, func.left(p.c.text, 280).label("text"), s.c.p_negative)
-        .join(s, and_(s.c.post_pk == p.c.id, s.c.model_version == alert.model_version))
-        .where(p.c.topic == alert.topic, p.c.created_at >= alert.window_start, p.c.created_at < alert.window_end,
-               s.c.label == "negative")
-        .order_by(s.c.p_negative.desc(), p.c.post_id).limit(limit)).all()
-    return [dict(r._mapping) for r in rows]
+    return detector.looks(aggregates, now=now, watermark=watermark)
 
 
 # --------------------------------------------------------------------------------------------------
 # Delivery: Kafka message and Slack-compatible webhook
 # --------------------------------------------------------------------------------------------------
 
+def mark_delivered(conn: Connection, alert: SpikeAlert, webhook_status: str) -> None:
+    """Record that an alert went to Kafka (published_at) and what the webhook said."""
+    from stream.db import AlertRow
+
+    a = AlertRow.__table__
+    conn.execute(a.update().where(a.c.id == alert.alert_id).values(published_at=func.now(),
+                                                                   webhook_status=webhook_status))
+
+
 def alert_message(alert: SpikeAlert) -> tuple[bytes, bytes]:
-    """(key, value) for the ``sentiment.alerts`` topic; the key makes a republished alert the same one."""
-    value = {"schema_version": 1, **alert.to_dict()}
+    """(key, value) for the ``sentiment.alerts`` topic; the key makes a republished alert the same one.
+
+    Schema 2: an incident's event (``event``, ``incident_id``, ``alert_id``) with its explanation in
+    ``evidence.explanation`` (terms, hashtags, example posts) and volume / negative share vs baseline."""
+    value = {"schema_version": 2, **alert.to_dict()}
     return alert.key.encode(), json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
 def slack_payload(alert: SpikeAlert, examples: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Slack incoming-webhook JSON (``text`` is the notification fallback, ``blocks`` the message)."""
     ev = alert.evidence
+    share = ev.get("negative_share", {})
     fields = [
         {"type": "mrkdwn", "text": f"*Topic*\n{alert.topic}"},
         {"type": "mrkdwn", "text": f"*Window*\n{alert.window_start:%Y-%m-%d %H:%M} UTC, {_span(alert.window_seconds)}"},
-        {"type": "mrkdwn", "text": f"*Negative share*\n{alert.observed:.1%} (baseline {alert.expected:.1%})"},
+        {"type": "mrkdwn", "text": f"*Negative share*\n{share.get('observed', 0):.1%} "
+                                   f"(baseline {share.get('baseline', 0):.1%})"},
         {"type": "mrkdwn", "text": f"*Posts*\n{alert.n_negative} negative of {alert.n_posts}"},
-        {"type": "mrkdwn", "text": f"*Score*\nz = {alert.score:.2f} (binomial {ev.get('z_binomial', 0):.1f}, "
-                                   f"EWMA {ev.get('z_ewma', 0):.1f})"},
+        {"type": "mrkdwn", "text": f"*Score*\nz = {alert.score:.2f} ({alert.kind}, {alert.event})"},
+        {"type": "mrkdwn", "text": f"*Volume*\n{ev.get('volume', {}).get('n_posts', alert.n_posts)} posts "
+                                   f"(expected {ev.get('volume', {}).get('expected', 0):.1f})"},
         {"type": "mrkdwn", "text": f"*Model*\n{alert.model_version}"},
     ]
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"Negative spike: {alert.topic}"[:150]}},
+        {"type": "header", "text": {"type": "plain_text",
+                                    "text": f"{alert.kind.replace('_', ' ').capitalize()}: {alert.topic}"[:150]}},
         {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary()}},
         {"type": "section", "fields": fields},
     ]
+    explanation = ev.get("explanation") or {}
+    terms = ", ".join(t["term"] for t in explanation.get("terms", [])[:8])
+    if terms:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Over-represented terms*\n{terms}"[:3000]}})
+    examples = list(examples) or explanation.get("examples", [])
     if examples:
-        lines = "\n".join(f"• {e.get('text', '')[:200]}" for e in examples)
+        lines = "\n".join(f"• {e.get('text', '')[:200]} ({e.get('platform', '?')} {e.get('post_id', '')}"
+                          f"{', ' + e['url'] if e.get('url') else ''})" for e in examples)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Most negative posts*\n{lines}"[:3000]}})
     return {"text": alert.summary(), "blocks": blocks}
 

@@ -81,12 +81,16 @@ class Settings(BaseSettings):
     media_per_host: int = 2  # concurrent fetches per host, so one slow host cannot starve the others
 
     # Windows and alerts.
-    windows: tuple[str, ...] = ("1m", "1h")
-    alert_min_volume: int = 20
-    alert_z_threshold: float = 3.0
+    windows: tuple[str, ...] = ("1m", "5m", "15m", "1h")  # 5m/15m: quiet topics' alerts are decided on these
+    alert_enabled: bool = True  # global default; a topic's `alerts.enabled` in the topics file overrides it
+    alert_sensitivity: str = "balanced"  # low | balanced | high: preset thresholds (stream/alerts.py SENSITIVITIES)
+    alert_window: str = "auto"  # detection window per topic: auto = shortest of WINDOWS that usually holds half ALERT_MIN_VOLUME
+    alert_min_volume: int = 10
+    alert_z_threshold: float | None = None  # None = from the sensitivity preset's false-alert budget per window length; a number fixes it
     alert_cooldown_s: int = 3600
+    alert_historical_after_s: int = 21600  # alerts on windows that ended longer ago than this are stored as historical, never delivered
     alert_webhook_url: str | None = None
-    alert_warmup_windows: int = 12  # baseline windows a topic needs before it can alert
+    alert_warmup_windows: int = 5  # baseline windows a topic needs before it can alert
 
     # Worker process.
     web_port: int = 6066
@@ -164,6 +168,13 @@ class Settings(BaseSettings):
                 window_seconds(w)
             except SettingsError as exc:
                 raise SettingsError(f"{PREFIX}WINDOWS: {exc}") from None
+        if self.alert_sensitivity not in {"low", "balanced", "high"}:
+            raise SettingsError(f"{PREFIX}ALERT_SENSITIVITY must be low, balanced or high, got {self.alert_sensitivity!r}")
+        if self.alert_window != "auto":
+            try:
+                window_seconds(self.alert_window)
+            except SettingsError as exc:
+                raise SettingsError(f"{PREFIX}ALERT_WINDOW: {exc} (or auto)") from None
 
     @property
     def window_lengths_s(self) -> tuple[int, ...]:

@@ -115,7 +115,7 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
     """Everything the agent needs for one batch; also used by tests and benchmarks without Kafka."""
     gate = language_gate or load_language_gate(settings)
     from stream.aggregation import WindowAlertStage
-    from stream.alerts import AlertNotifier, SpikeConfig, SpikeDetector
+    from stream.alerts import AlertNotifier
 
     engine = make_engine(database_url)
     sink = PostgresSink(engine)
@@ -135,10 +135,11 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
                 state.health.mark_down("model", error or "scoring failed")
 
     windows = WindowAlertStage(
-        engine, settings.window_lengths_s, SpikeDetector(SpikeConfig.from_settings(settings)),
+        engine, settings.window_lengths_s, load_spike_detector(settings),
         notifier=AlertNotifier(settings.alert_webhook_url) if settings.alert_webhook_url else None,
         publish_alert=publish_alert, executor=executor,
-        on_alert=lambda alert: metrics.ALERTS.labels(alert.kind).inc(), watermark=watermark,
+        on_alert=lambda alert: metrics.ALERTS.labels(alert.kind).inc() if alert.event == "opened" else None,
+        watermark=watermark, historical_after_s=settings.alert_historical_after_s,
     )
     return BatchProcessor(
         sink,
@@ -164,6 +165,17 @@ def load_language_gate(settings: Settings) -> LanguageGate:
     try:
         return LanguageGate.from_file(settings.topics_file)
     except TopicsConfigError as exc:
+        raise SettingsError(f"SENTISTREAM_TOPICS_FILE: {exc}") from None
+
+
+def load_spike_detector(settings: Settings) -> Any:
+    """The spike detector with each topic's ``alerts`` settings from SENTISTREAM_TOPICS_FILE; fails fast."""
+    from connectors.topics import TopicsConfigError, load_topics
+    from stream.alerts import spike_detector
+
+    try:
+        return spike_detector(settings, load_topics(settings.topics_file) if settings.topics_file else None)
+    except (TopicsConfigError, ValueError) as exc:
         raise SettingsError(f"SENTISTREAM_TOPICS_FILE: {exc}") from None
 
 
@@ -201,6 +213,7 @@ def database_probe(database_url: str) -> Any:
 def main(settings: Settings) -> int:
     """`sentistream worker`: resolve services, check the schema, load the model, run the Faust worker."""
     language_gate = load_language_gate(settings)  # a bad topics file fails before anything starts
+    load_spike_detector(settings)  # so does a bad `alerts` section
     with services(settings) as resolved, StartupHealth(settings.web_host, settings.web_port) as startup:
         # Patient start-up: wait (capped backoff, one line a try) for what a restart policy may bring up
         # after us; /health answers 503 "waiting for ..." meanwhile.

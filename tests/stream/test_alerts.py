@@ -1,33 +1,39 @@
-"""SpikeDetector on synthetic feeds, the same detector over real PostgreSQL rows across a restart, and
-the webhook notifier against a local server that fails twice before accepting."""
+"""SpikeDetector and the in-memory incident rules on synthetic feeds (negative share, volume with a daily
+cycle, presets, per-topic settings), Fightin' Words, and the alert's Kafka / webhook formats.
+
+The same rules through PostgreSQL, and the worker on the bundled sample: tests/stream/test_incidents.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Engine
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from connectors.topics import AlertPolicy, TopicsConfigError, parse_topics
+from stream.alert_explanation import fightin_words, tokens
 from stream.alerts import (
+    KIND_NEGATIVE_SPIKE,
+    KIND_VOLUME_SPIKE,
     AlertNotifier,
     SpikeConfig,
     SpikeDetector,
     alert_message,
+    binomial_sf,
     detect,
-    insert_alerts,
-    observe_with_history,
+    poisson_sf,
     slack_payload,
-    spike_examples,
+    spike_detector,
 )
-from stream.db import AlertRow, PostRow, SentimentRow
-from stream.windows import WindowAggregate, recompute_windows, windows_touched
+from stream.incidents import IncidentBook
+from stream.settings import Settings
+from stream.windows import WindowAggregate
 from tests.stream.local_http import LocalServer, send
-from tests.stream.pg_module import db_fixture, s4_engine_fixture  # noqa: F401 - fixtures
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 MV = "mv-test"
@@ -36,10 +42,6 @@ MV = "mv-test"
 def _agg(topic: str, i: int, n: int, neg: int, seconds: int = 60) -> WindowAggregate:
     return WindowAggregate(topic, T0 + timedelta(seconds=i * seconds), seconds, MV, n, neg, n - neg, 0, 0.5,
                            neg / n if n else None)
-
-
-def _binomial(rng: random.Random, n: int, p: float) -> int:
-    return sum(rng.random() < p for _ in range(n))
 
 
 def _feed(topic: str, windows: int, seed: int, rate=lambda i: 0.2, volume=lambda i: 100,
@@ -65,15 +67,27 @@ def _run_live(detector: SpikeDetector, *feeds: list[list[WindowAggregate]]):
     return alerts
 
 
-def test_planted_burst_fires_exactly_one_alert_for_the_right_topic_and_window() -> None:
+def _poisson(rng: random.Random, mu: float) -> int:
+    """Knuth's method (mu is small here)."""
+    limit, k, p = math.exp(-mu), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def test_planted_burst_opens_exactly_one_incident_for_the_right_topic_and_window() -> None:
     steady = _feed("acme", 60, seed=1)
     burst = _feed("globex", 60, seed=2, rate=lambda i: 0.55 if 40 <= i <= 43 else 0.2)
     alerts = _run_live(SpikeDetector(SpikeConfig()), steady, burst)
-    assert [(a.topic, a.window_start, a.window_seconds) for a in alerts] == [
-        ("globex", T0 + timedelta(minutes=40), 60)]
+    assert [(a.topic, a.kind, a.window_start, a.window_seconds) for a in alerts] == [
+        ("globex", KIND_NEGATIVE_SPIKE, T0 + timedelta(minutes=40), 60)]
     a = alerts[0]
-    assert a.observed > 0.4 and 0.15 < a.expected < 0.25 and a.score >= 3.0 and a.n_posts >= 20
-    assert a.evidence["baseline_windows"] >= 12 and a.evidence["z_binomial"] >= a.score
+    assert a.observed > 0.4 and 0.15 < a.expected < 0.25 and a.score >= 3.0 and a.n_posts >= 10
+    share = a.evidence["negative_share"]
+    assert a.evidence["baseline_windows"] >= 12 and share["z_binomial"] >= a.score
+    assert a.evidence["volume"]["n_posts"] == a.n_posts and a.evidence["event"] == "opened"
 
 
 def test_steady_feeds_fire_nothing() -> None:
@@ -81,26 +95,36 @@ def test_steady_feeds_fire_nothing() -> None:
         rng = random.Random(100 + seed)
         wobbly = [0.2 + rng.uniform(-0.04, 0.04) for _ in range(300)]  # a topic whose share naturally swings
         feed = _feed(f"t{seed}", 300, seed=seed, rate=wobbly.__getitem__,
-                     volume=lambda i: 40 + (i * 37) % 120)
+                     volume=lambda i, rng=rng: 60 + _poisson(rng, 8.0) * 5)
         assert _run_live(SpikeDetector(SpikeConfig()), feed) == []
 
 
-def test_three_posts_cannot_fire() -> None:
+def test_thin_windows_of_a_quiet_topic_still_alert_on_a_clear_shift() -> None:
+    """Two to four posts a window: the baseline's spread is sampling noise, not a reason to stay silent."""
+    rng = random.Random(5)
+    feed = [[_agg("quiet", i, n, sum(rng.random() < 0.2 for _ in range(n)))] for i, n in
+            enumerate(rng.choice((2, 3, 4)) for _ in range(40))]
+    feed.append([_agg("quiet", 40, 12, 11)])
+    feed += [[_agg("quiet", 41 + i, 3, 0)] for i in range(3)]
+    alerts = _run_live(SpikeDetector(SpikeConfig()), feed)
+    assert [(a.kind, a.window_start) for a in alerts] == [(KIND_NEGATIVE_SPIKE, T0 + timedelta(minutes=40))]
+
+
+def test_few_posts_cannot_fire() -> None:
     base = [_agg("acme", i, 50, 10) for i in range(20)]
     assert detect(base + [_agg("acme", 20, 3, 3)]) == []
-    assert detect(base + [_agg("acme", 20, 19, 19)]) == []  # under min_volume=20 too
-    assert len(detect(base + [_agg("acme", 20, 20, 20)])) == 1  # the same share at volume fires
+    assert detect(base + [_agg("acme", 20, 9, 9)]) == []  # under min_volume=10 too
+    assert len(detect(base + [_agg("acme", 20, 10, 10)])) == 1  # the same share at volume fires
 
 
 def test_no_alert_during_warm_up() -> None:
-    feed = [_agg("acme", i, 100, 20) for i in range(5)] + [_agg("acme", 5, 100, 80)]
-    assert detect(feed) == []
-    # Window 4 is still open (one window of lateness) when window 5 arrives: 4 closed baseline windows.
-    assert detect(feed, SpikeConfig(warmup_windows=5)) == []
-    assert len(detect(feed, SpikeConfig(warmup_windows=4))) == 1
+    feed = [_agg("acme", i, 100, 20) for i in range(4)] + [_agg("acme", 4, 100, 80)]
+    # Window 3 is still open (one window of lateness) when window 4 arrives: 3 closed baseline windows.
+    assert detect(feed, SpikeConfig(warmup_windows=4)) == []
+    assert len(detect(feed, SpikeConfig(warmup_windows=3))) == 1
 
 
-def test_one_alert_per_spike_then_rearm_and_cooldown() -> None:
+def test_one_incident_per_spike_then_resolve_and_cooldown() -> None:
     def feed(spikes: set[int]) -> list[WindowAggregate]:
         return [_agg("acme", i, 100, 70 if i in spikes else 20) for i in range(80)]
 
@@ -108,13 +132,31 @@ def test_one_alert_per_spike_then_rearm_and_cooldown() -> None:
     assert [a.window_start for a in detect(feed(long_spike), SpikeConfig(cooldown_s=0))] == [
         T0 + timedelta(minutes=30)]
     two_spikes = {30, 31, 50}
-    assert len(detect(feed(two_spikes), SpikeConfig(cooldown_s=0))) == 2  # re-armed in between
-    assert len(detect(feed(two_spikes), SpikeConfig(cooldown_s=3600))) == 1  # 20 min apart: cooled down
+    assert len(detect(feed(two_spikes), SpikeConfig(cooldown_s=0))) == 2  # resolved in between
+    assert len(detect(feed(two_spikes), SpikeConfig(cooldown_s=3600))) == 1  # 20 min apart: reopened
     # A permanent level shift becomes the new baseline instead of silencing the topic for ever.
     shifted = [_agg("acme", i, 100, 20 if i < 30 else 50) for i in range(120)]
     detector = SpikeDetector(SpikeConfig(cooldown_s=0))
     assert len(detector.observe(shifted)) == 1
-    assert detector.observe([_agg("acme", 120, 100, 90)]) != []  # re-armed at the new level
+    assert detector.observe([_agg("acme", 120, 100, 90)]) != []  # alerts again at the new level
+
+
+def test_incident_events_carry_final_numbers_then_resolve() -> None:
+    """Opened on the half-filled window, updated with its final numbers when it closes, then resolved."""
+    config = SpikeConfig()
+    book = IncidentBook(lambda topic: config)
+    detector = SpikeDetector(config)
+    events = []
+    for i in range(30):
+        neg = 45 if i == 20 else 10
+        for part in (20, 50):  # each window seen half full, then full
+            events += book.apply(detector.looks([_agg("acme", i, part, neg * part // 50)]))
+    assert [(a.event, a.window_start, a.n_posts) for a in events] == [
+        ("opened", T0 + timedelta(minutes=20), 20), ("updated", T0 + timedelta(minutes=20), 50),
+        ("resolved", T0 + timedelta(minutes=21), 50)]
+    (incident,) = book.all
+    assert incident.status == "resolved" and incident.n_posts == 50 and incident.n_negative == 45
+    assert events[1].evidence["incident"]["windows"][0]["final"] is True
 
 
 def test_windows_that_keep_filling_after_the_next_one_started_still_alert_once() -> None:
@@ -140,91 +182,135 @@ def test_a_post_from_the_future_does_not_close_the_real_windows() -> None:
     assert len(detector.observe([_agg("acme", 20, 100, 70)], now=now)) == 1
 
 
-# ---------------------------------------------------------------- the same, through PostgreSQL
+def test_volume_spike_at_a_steady_share() -> None:
+    rng = random.Random(9)
+    feed = [[_agg("acme", i, n, round(n * 0.2))] for i, n in enumerate(_poisson(rng, 30) for _ in range(40))]
+    feed.append([_agg("acme", 40, 60, 12), _agg("acme", 40, 120, 24)])
+    feed += [[_agg("acme", 41 + i, 30, 6)] for i in range(3)]
+    alerts = _run_live(SpikeDetector(SpikeConfig()), feed)
+    assert [(a.kind, a.window_start) for a in alerts] == [(KIND_VOLUME_SPIKE, T0 + timedelta(minutes=40))]
+    assert alerts[0].evidence["volume"]["ratio"] > 2.0 and 25 < alerts[0].expected < 35
 
 
-def _posts_for_window(topic: str, i: int, n: int, rate: float, rng: random.Random) -> list[dict]:
-    start = T0 + timedelta(minutes=i)
-    return [{"post_id": f"{topic}-{i}-{j}", "topic": topic, "created_at": start + timedelta(seconds=j * 59 / n),
-             "label": "negative" if rng.random() < rate else rng.choice(["neutral", "positive"])}
-            for j in range(n)]
+def test_a_loud_burst_that_turns_negative_is_one_incident() -> None:
+    config = SpikeConfig()
+    detector, book = SpikeDetector(config), IncidentBook(lambda t: config)
+    events = []
+    for i in range(20):
+        events += book.apply(detector.looks([_agg("acme", i, 30, 6)]))
+    events += book.apply(detector.looks([_agg("acme", 20, 90, 18)]))  # loud, share as usual
+    events += book.apply(detector.looks([_agg("acme", 20, 150, 70)]))  # and now negative
+    for i in range(21, 24):
+        events += book.apply(detector.looks([_agg("acme", i, 30, 6)]))
+    assert [(a.event, a.kind) for a in events][:2] == [("opened", KIND_VOLUME_SPIKE), ("updated", KIND_NEGATIVE_SPIKE)]
+    assert [a.event for a in events].count("opened") == 1 and len(book.all) == 1
+    assert events[-1].event == "resolved"
 
 
-def _write_batch(conn, posts: list[dict]) -> None:
-    rows = [{"platform": "replay", "post_id": p["post_id"], "text": f"text of {p['post_id']}",
-             "created_at": p["created_at"], "topic": p["topic"], "ingested_at": p["created_at"]} for p in posts]
-    conn.execute(pg_insert(PostRow).on_conflict_do_nothing(), rows)
-    ids = dict(conn.execute(select(PostRow.post_id, PostRow.id).where(
-        PostRow.post_id.in_([p["post_id"] for p in posts]))).all())
-    conn.execute(pg_insert(SentimentRow).on_conflict_do_nothing(), [
-        {"post_pk": ids[p["post_id"]], "model_version": MV, "label": p["label"],
-         "p_negative": 0.9 if p["label"] == "negative" else 0.1, "p_neutral": 0.05, "p_positive": 0.05,
-         "intensity": 0.5} for p in posts])
+def test_volume_baseline_learns_the_daily_cycle() -> None:
+    """Busy afternoons are normal after a few days; a burst at a quiet hour is not, though it is smaller."""
+    rng = random.Random(4)
+
+    def expected(hour: int) -> float:
+        return 40 + 35 * math.sin((hour - 8) / 24 * 2 * math.pi)
+
+    feed = []
+    for i in range(24 * 7):  # hourly windows for a week, the burst at 03:00 on day 6
+        n = _poisson(rng, expected(i % 24)) + (60 if i == 24 * 6 + 3 else 0)
+        feed.append([_agg("acme", i, n, round(n * 0.2), seconds=3600)])
+    alerts = _run_live(SpikeDetector(SpikeConfig(warmup_windows=24)), feed)
+    assert [(a.kind, a.window_start) for a in alerts] == [
+        (KIND_VOLUME_SPIKE, T0 + timedelta(hours=24 * 6 + 3))]
+    assert alerts[0].evidence["volume"]["seasonal_factor"] < 0.6  # it knew 03:00 is quiet
 
 
-class _Post:
-    def __init__(self, d: dict) -> None:
-        self.topic, self.created_at = d["topic"], d["created_at"]
+@given(st.lists(st.tuples(st.integers(0, 60), st.floats(0.0, 1.0)), min_size=1, max_size=60),
+       st.sampled_from(["low", "balanced", "high"]))
+@settings(max_examples=60, deadline=None)
+def test_any_feed_gives_at_most_one_open_incident_per_topic_and_kind(windows, preset) -> None:
+    """Hostile feeds (empty windows, all-negative windows, wild volumes) never crash the detector and
+    never leave two incidents of one topic and kind open at once."""
+    config = SpikeConfig.preset(preset, warmup_windows=2, cooldown_s=0)
+    detector, book = SpikeDetector(config), IncidentBook(lambda t: config)
+    for i, (n, share) in enumerate(windows):
+        events = book.apply(detector.looks([_agg("acme", i, n, round(n * share))]))
+        for e in events:
+            assert math.isfinite(e.score) and e.kind in (KIND_NEGATIVE_SPIKE, KIND_VOLUME_SPIKE)
+        open_keys = [(x.topic, x.kind) for x in book.all if x.status == "open"]
+        assert len(open_keys) == len(set(open_keys))
 
 
-def _process(db: Engine, detector: SpikeDetector, posts: list[dict]) -> list:
-    """What the worker does per batch: store, then recompute windows + detect + store alerts in one tx."""
-    with db.begin() as conn:
-        _write_batch(conn, posts)
-    with db.begin() as conn:
-        aggs = recompute_windows(conn, windows_touched([_Post(p) for p in posts], (60,)), MV)
-        return insert_alerts(conn, observe_with_history(conn, detector, aggs))
+def test_presets_order_sensitivity() -> None:
+    """A moderate shift: high sees it, balanced too, low does not."""
+    rng = random.Random(12)
+    base = [_agg("acme", i, 200, sum(rng.random() < 0.2 for _ in range(200))) for i in range(30)]
+    shift = base + [_agg("acme", 30, 200, 68), _agg("acme", 31, 200, 40), _agg("acme", 32, 200, 40)]
+    fired = {p: len(detect(shift, SpikeConfig.preset(p))) for p in ("low", "balanced", "high")}
+    assert fired == {"low": 0, "balanced": 1, "high": 1}
 
 
-def test_burst_through_postgres_survives_restart_and_replay_without_duplicates(db: Engine) -> None:
-    rng = random.Random(7)
-    batches = []
-    for i in range(30):
-        for topic, rate in (("acme", 0.2), ("globex", 0.6 if i in (22, 23) else 0.2)):
-            posts = _posts_for_window(topic, i, 40, rate, rng)
-            batches += [posts[:20], posts[20:]]  # two batches per window: the window is seen open, then full
-    config = SpikeConfig(min_volume=20, warmup_windows=12)
-    first = SpikeDetector(config)
-    new_alerts = []
-    restart_at = 18 * 4  # before the burst: the baseline must come back from PostgreSQL
-    for b in batches[:restart_at]:
-        new_alerts += _process(db, first, b)
-    restarted = SpikeDetector(config)
-    for b in batches[restart_at:]:
-        new_alerts += _process(db, restarted, b)
-    assert [(a.topic, a.window_start) for a in new_alerts] == [("globex", T0 + timedelta(minutes=22))]
-    # A crash after the burst: a fresh worker replays the last ten batches (at-least-once delivery).
-    replayer = SpikeDetector(config)
-    replayed = [a for b in batches[-10 - 4 * 7:] for a in _process(db, replayer, b)]
-    assert replayed == []
-    with db.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(AlertRow)).scalar_one() == 1
-        row = conn.execute(select(AlertRow.__table__)).one()
-        assert (row.topic, row.window_seconds, row.model_version) == ("globex", 60, MV)
-        assert row.evidence["n_posts"] in (20, 40) and row.observed == pytest.approx(row.evidence["observed"])
-        examples = spike_examples(conn, new_alerts[0], limit=3)
-    assert len(examples) == 3 and all(e["post_id"].startswith("globex-22-") for e in examples)
+def test_binomial_and_poisson_tails_match_direct_sums() -> None:
+    assert binomial_sf(3, 10, 0.2) == pytest.approx(1 - sum(math.comb(10, j) * 0.2**j * 0.8 ** (10 - j)
+                                                            for j in range(3)))
+    assert poisson_sf(12, 4.0) == pytest.approx(1 - sum(math.exp(-4) * 4**j / math.factorial(j) for j in range(12)))
+    assert poisson_sf(0, 4.0) == 1.0 and binomial_sf(11, 10, 0.5) == 0.0
 
 
-def test_an_alert_rolled_back_with_its_transaction_fires_again_after_forget(db: Engine) -> None:
-    rng = random.Random(11)
-    config = SpikeConfig(min_volume=20, warmup_windows=12)
-    detector = SpikeDetector(config)
-    for i in range(16):
-        _process(db, detector, _posts_for_window("acme", i, 40, 0.2, rng))
-    burst = _posts_for_window("acme", 16, 40, 0.7, rng)
-    with db.begin() as conn:
-        _write_batch(conn, burst)
-    with pytest.raises(RuntimeError), db.begin() as conn:
-        aggs = recompute_windows(conn, windows_touched([_Post(p) for p in burst], (60,)), MV)
-        assert len(insert_alerts(conn, observe_with_history(conn, detector, aggs))) == 1
-        raise RuntimeError("the database went away before COMMIT")
-    # Without forget() the detector would stay disarmed for an alert that does not exist.
-    detector.forget()
-    with db.begin() as conn:
-        aggs = recompute_windows(conn, windows_touched([_Post(p) for p in burst], (60,)), MV)
-        again = insert_alerts(conn, observe_with_history(conn, detector, aggs))
-    assert [(a.topic, a.window_start) for a in again] == [("acme", T0 + timedelta(minutes=16))]
+# ---------------------------------------------------------------- per-topic settings
+
+
+def test_topics_file_alert_sections_are_parsed_and_checked() -> None:
+    config = parse_topics({"topics": {
+        "a": {"keywords": ["a"], "alerts": {"enabled": False}},
+        "b": {"keywords": ["b"], "alerts": {"sensitivity": "high", "cooldown": "30m", "min_volume": 5,
+                                            "window": "5m"}},
+        "c": {"keywords": ["c"]},
+    }})
+    assert config.get("a").alerts == AlertPolicy(enabled=False)
+    assert config.get("b").alerts == AlertPolicy(None, "high", 1800, 5, "5m")
+    assert config.get("c").alerts == AlertPolicy()
+    for bad, where in (({"sensitivity": "paranoid"}, "sensitivity"), ({"cooldown": "soon"}, "cooldown"),
+                       ({"min_volume": 0}, "min_volume"), ({"window": "5 minutes"}, "window"),
+                       ({"loud": True}, "unknown keys"), ({"enabled": "yes"}, "enabled")):
+        with pytest.raises(TopicsConfigError, match=where):
+            parse_topics({"topics": {"x": {"keywords": ["x"], "alerts": bad}}})
+
+
+def test_per_topic_settings_reach_the_detector() -> None:
+    topics = parse_topics({"topics": {"off": {"keywords": ["x"], "alerts": {"enabled": False}},
+                                      "fast": {"keywords": ["y"], "alerts": {"window": "5m", "min_volume": 4}}}})
+    detector = spike_detector(Settings(), topics)
+    assert detector.config_for("off").enabled is False and detector.config_for("fast").min_volume == 4
+    assert detector.detection_window("fast", MV, [60, 300, 900]) == 300
+    assert detector.config_for("other") == detector.config  # topics the file does not name: the defaults
+    feed = [_agg("off", i, 100, 20) for i in range(20)] + [_agg("off", 20, 100, 90)]
+    assert detector.observe(feed) == []
+    with pytest.raises(ValueError, match="not one of the aggregated windows"):
+        spike_detector(Settings(windows=("1m",)), topics)
+
+
+def test_auto_window_is_the_shortest_that_usually_holds_enough_posts() -> None:
+    detector = SpikeDetector(SpikeConfig(min_volume=10))
+    for i in range(60):  # 2 posts a minute: 1m windows hold 2, 5m windows 10
+        detector.looks([_agg("t", i, 2, 0, 60)] + ([_agg("t", i // 5, 10, 2, 300)] if i % 5 == 4 else []))
+    assert detector.detection_window("t", MV, [60, 300]) == 300
+    assert detector.detection_window("new-topic", MV, [60, 300]) == 60  # nothing known yet: shortest
+
+
+# ---------------------------------------------------------------- explanation
+
+
+def test_fightin_words_finds_the_planted_terms_not_the_common_ones() -> None:
+    rng = random.Random(3)
+    common = ["flight", "seat", "crew", "boarding", "gate", "lounge", "snack", "window"]
+    baseline = [f"skyways {rng.choice(common)} {rng.choice(common)} today" for _ in range(300)]
+    incident = [f"skyways {rng.choice(common)} outage again #skywaysdown" if j % 3 else
+                f"skyways {rng.choice(common)} today" for j in range(60)]
+    terms = [t["term"] for t in fightin_words(incident, baseline)]
+    assert terms[:2] == ["#skywaysdown", "outage"] or terms[:2] == ["outage", "#skywaysdown"]
+    assert "skyways" not in terms and "today" not in terms and "flight" not in terms
+    assert tokens("See https://x.co/abc @bob THE Outage!! #SkywaysDown") == ["see", "outage", "#skywaysdown"]
+    assert fightin_words([], baseline) == [] and fightin_words(["a b"], []) == []
 
 
 # ---------------------------------------------------------------- delivery
@@ -239,10 +325,12 @@ def _an_alert():
 def test_kafka_message_carries_the_alert_and_a_stable_key() -> None:
     alert = _an_alert()
     key, value = alert_message(alert)
-    assert key == f"acme:negative_spike:{(T0 + timedelta(minutes=15)).isoformat()}:60".encode()
+    assert key == f"acme:negative_spike:{MV}:{(T0 + timedelta(minutes=15)).isoformat()}:60:opened".encode()
     body = json.loads(value)
     assert body["topic"] == "acme" and body["n_negative"] == 70 and body["window_seconds"] == 60
-    assert body["evidence"]["z_binomial"] == pytest.approx(alert.evidence["z_binomial"])
+    assert body["schema_version"] == 2 and body["event"] == "opened" and body["kind"] == "negative_spike"
+    assert body["evidence"]["negative_share"]["z_binomial"] == pytest.approx(
+        alert.evidence["negative_share"]["z_binomial"])
     assert alert_message(alert) == (key, value)  # deterministic
 
 

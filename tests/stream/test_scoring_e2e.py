@@ -315,7 +315,7 @@ def test_planted_negative_burst_fires_exactly_one_alert_and_a_steady_feed_none(
              "every post scored", worker.log)
     assert worker.stop() == 0, worker.log()
     alerts = scalar(embedded_db, "SELECT json_agg(json_build_array(topic, window_start, window_seconds, "
-                                 "published_at IS NOT NULL)) FROM alerts")
+                                 "published_at IS NOT NULL)) FROM alerts WHERE event = 'opened'")
     burst_start = (start + timedelta(minutes=burst_minute)).isoformat().replace("+00:00", "")
     assert alerts is not None and len(alerts) == 1, alerts
     topic, window_start, window_seconds, published = alerts[0]
