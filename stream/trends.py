@@ -9,11 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from stream.dashboard.confidence import wilson_interval
 from stream.settings import window_seconds
+
+# A bucket with fewer scored posts than this is drawn as thin (hollow marker): its share is mostly noise.
+THIN_BUCKET_SCORED = 10
 
 COLUMNS = ("topic", "bucket", "n_posts", "n_scored", "n_negative", "n_neutral", "n_positive",
            "mean_intensity", "negative_share", "n_with_media")
@@ -82,31 +87,94 @@ def render_trends(rows: list[TrendRow]) -> str:
     return format_table(headers, table)
 
 
-def plot_trends(rows: list[TrendRow], path: Path, title: str, bucket: str = "minute") -> Path:
-    """PNG of posts per bucket (bars) and negative share (line): the picture an analyst pastes in a report."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_trends(rows: list[TrendRow], path: Path, title: str, bucket: str = "minute",
+                thin_below: int = THIN_BUCKET_SCORED) -> Path:
+    """PNG of negative share (top) and posts (bottom) per bucket: the picture an analyst pastes in a report."""
     import matplotlib.pyplot as plt
 
-    fig, volume = plt.subplots(figsize=(10, 4))
-    buckets = [r.bucket for r in rows]
-    width = timedelta(hours=1) if bucket == "hour" else timedelta(minutes=1)
-    volume.bar(buckets, [r.n_posts for r in rows], width=width * 0.9, align="edge", color="#9fb6cd",
-               label="posts")
-    volume.set_ylabel("posts")
-    share = volume.twinx()
-    share.plot([b + width / 2 for b in buckets], [r.negative_share if r.negative_share is not None else float("nan") for r in rows],
-               color="#c0392b", marker="o", markersize=3, label="negative share")
-    share.set_ylim(0, 1)
-    share.set_ylabel("negative share")
-    volume.set_title(title)
-    fig.autofmt_xdate()
-    fig.tight_layout()
+    fig = trend_figure(rows, title, bucket, thin_below)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def trend_figure(rows: list[TrendRow], title: str, bucket: str = "minute",
+                 thin_below: int = THIN_BUCKET_SCORED) -> Any:
+    """The matplotlib figure: negative share (top) and posts (bottom), one line per topic with a legend.
+
+    It must not mislead: each topic has its own colour in both panels (no bars drawn over each other),
+    a bucket with fewer than ``thin_below`` scored posts is a hollow marker off the line (a share of 2
+    negative posts out of 2 is not a 100 % crisis), a bucket without posts is a zero in the volume panel
+    and a gap in the share line, and with up to three topics each share carries its Wilson interval.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import PercentFormatter
+
+    step = _BUCKET_STEP[bucket]
+    by_topic: dict[str, dict[datetime, TrendRow]] = {}
+    for r in rows:
+        by_topic.setdefault(r.topic, {})[r.bucket] = r
+    fig, (share_ax, volume_ax) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5),
+                                              gridspec_kw={"height_ratios": [2, 1]})
+    colours = plt.get_cmap("tab10")
+    for i, (topic, series) in enumerate(sorted(by_topic.items())):
+        colour = colours(i % 10)
+        buckets = _filled_buckets(min(series), max(series), step)
+        shares = [series[b].negative_share if b in series and series[b].negative_share is not None
+                  else float("nan") for b in buckets]
+        volumes = [series[b].n_posts if b in series else 0 for b in buckets]
+        thin = [b in series and 0 < series[b].n_scored < thin_below for b in buckets]
+        solid = [s if not t else float("nan") for s, t in zip(shares, thin, strict=True)]
+        hollow = [s if t else float("nan") for s, t in zip(shares, thin, strict=True)]
+        # The line joins well-sampled buckets only: a thin bucket is a hollow marker, never a swing.
+        share_ax.plot(buckets, solid, color=colour, linewidth=1.6, marker="o", markersize=3.5, label=topic)
+        share_ax.plot(buckets, hollow, linestyle="none", marker="o", markersize=5, color=colour, markerfacecolor="white",
+                      markeredgecolor=colour, markeredgewidth=1.2)
+        if len(by_topic) <= 3:  # more intervals than that hide each other
+            bands = [wilson_interval(series[b].n_negative, series[b].n_scored) if b in series else None
+                     for b in buckets]
+            shown = [(b, band) for b, band in zip(buckets, bands, strict=True) if band is not None]
+            if shown:
+                share_ax.vlines([b for b, _ in shown], [band[0] for _, band in shown],
+                                [band[1] for _, band in shown], color=colour, alpha=0.35, linewidth=3)
+        volume_ax.plot(buckets, volumes, color=colour, linewidth=1.4, marker=".", markersize=4, label=topic)
+    share_ax.set_ylim(-0.02, 1.02)
+    share_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    share_ax.set_ylabel("negative share")
+    share_ax.grid(True, color="#e6e6e6")
+    share_ax.set_title(title)
+    handles, labels = share_ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="#555555",
+                          markersize=5))
+    labels.append(f"fewer than {thin_below} scored posts")
+    if len(by_topic) <= 3:
+        handles.append(Line2D([], [], color="#555555", alpha=0.35, linewidth=3))
+        labels.append("95% interval (Wilson)")
+    share_ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    volume_ax.set_ylabel(f"posts per {bucket}")
+    volume_ax.set_ylim(bottom=0)
+    volume_ax.grid(True, color="#e6e6e6")
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=10)
+    volume_ax.xaxis.set_major_locator(locator)
+    volume_ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    volume_ax.set_xlabel("UTC")
+    fig.tight_layout()
+    return fig
+
+
+_BUCKET_STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
+def _filled_buckets(first: datetime, last: datetime, step: timedelta) -> list[datetime]:
+    """Every bucket from first to last, so a quiet bucket is a zero (volume) or a gap (share)."""
+    count = min(int((last - first) / step), 100_000)
+    return [first + i * step for i in range(count + 1)]
 
 
 def _pct(value: float | None) -> str:
