@@ -1,6 +1,7 @@
 """The ``sentistream`` command: the composition root that hands each subcommand its services.
 
-Subcommands: demo, worker, db (upgrade/downgrade/current), trends, rescore, ingest <source>, model <verb>.
+Subcommands: demo, worker, db (upgrade/downgrade/current), trends, dashboard, rescore, ingest <source>,
+model <verb>.
 Settings come from SENTISTREAM_* variables (stream/settings.py); unset broker/database URLs start the
 embedded services.  ``ingest`` and ``model`` are registered by their own packages (connectors.cli,
 model.cli), which receive what they need as arguments and never import this package.
@@ -205,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--topic", default=None, help="only this topic (default: all)")
     p.set_defaults(func=cmd_windows)
 
+    from stream.dashboard.cli import register as register_dashboard  # its parser imports nothing heavy
+
+    register_dashboard(sub)
     _register_optional(sub)
     return parser
 
