@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-without-data lint bench clean constraints
+.PHONY: install demo test test-without-data lint bench clean constraints browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,18 @@ constraints:
 demo: install
 	$(VENV)/bin/sentistream demo
 
-test: install
+test: install browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The dashboard's browser test drives Debian's headless chromium (Playwright cannot download browsers
+# here).  Installed when missing and we are root; otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+			|| echo "chromium could not be installed: the dashboard's browser test will skip"; \
+		else echo "chromium/chromedriver missing and not root: the dashboard's browser test will skip"; fi; }
 
 # The model tests as a fresh clone without ../shared/data runs them: the data folder is an empty
 # directory, only full-data-set evaluations (marked dataset) may skip, any other skip fails.
