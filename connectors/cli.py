@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction, resolve_services: ResolveSe
     p.add_argument("--speedup", type=float, default=None,
                    help="keep the original gaps between created_at timestamps, divided by X")
     p.add_argument("--topic", default=None, help="override the topic of every post")
+    p.add_argument("--shift-to-now", action="store_true",
+                   help="re-stamp every post by one offset (whole minutes) so the file's newest post is now: "
+                        "old data then looks live and its alerts are delivered, not stored as historical")
     _common(p)
     p.set_defaults(func=lambda args, *rest: cmd_replay(args, resolve_services, rest[0] if rest else None))
 
@@ -168,7 +171,7 @@ def _default_rejects(beside_input: Path, settings: Any) -> Path:
 
 def cmd_replay(args: argparse.Namespace, resolve: ResolveServices, settings: Any = None) -> int:
     from connectors.publisher import KafkaPublisher, PublishError
-    from connectors.replay import default_rejects_path, parse_rate, replay_file
+    from connectors.replay import default_rejects_path, parse_rate, replay_file, shift_to_now
 
     try:
         rate = parse_rate(args.rate)
@@ -182,6 +185,9 @@ def cmd_replay(args: argparse.Namespace, resolve: ResolveServices, settings: Any
     if rejects.resolve() == args.file.resolve():
         _err(f"error: --rejects {rejects} is the input file")
         return EXIT_CONFIG
+    shift = shift_to_now(args.file) if getattr(args, "shift_to_now", False) else None
+    if shift:
+        _out(f"shifting every post by {shift} so the newest one is now")
     stop = threading.Event()
     _serve_metrics(args.metrics_port)
     with _services(resolve, need_database=False) as (target, _db):
@@ -190,7 +196,7 @@ def cmd_replay(args: argparse.Namespace, resolve: ResolveServices, settings: Any
         try:
             with KafkaPublisher(target, topic) as publisher, _on_signals(stop.set):
                 report = replay_file(args.file, publisher, rate=rate, speedup=args.speedup,
-                                     topic=args.topic, stop=stop, rejects=rejects)
+                                     topic=args.topic, stop=stop, rejects=rejects, shift=shift)
         except PublishError as exc:
             _err(f"error: {exc}")
             return EXIT_PUBLISH

@@ -11,6 +11,11 @@ only carries posts.  Pacing is optional and composable:
 * ``rate`` — at most N posts per second (a load test at a known throughput);
 * ``speedup`` — keep the original gaps between ``created_at`` timestamps, divided by X (a realistic,
   bursty load; ``speedup=60`` plays an hour in a minute).  Timestamps going backwards do not wait.
+
+``shift_to_now`` re-stamps every post by one offset so the file's newest post is now (whole minutes, so
+minute windows keep their boundaries): a demo or test of last March's data then looks live, and its
+alerts are delivered instead of being stored as historical (``SENTISTREAM_ALERT_HISTORICAL_AFTER_S``).
+Without it a replay keeps its timestamps, and alerts about old windows never page anyone.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -171,6 +177,36 @@ class Pacer:
                 self.sleep(delay)
 
 
+def shift_to_now(path: str | Path, now: datetime | None = None,
+                 max_record_bytes: int = MAX_RECORD_BYTES) -> timedelta:
+    """The offset that moves the file's newest valid post to ``now``, in whole minutes (never later than now).
+
+    A first pass over the file: the replay itself is the second, so the file is read twice (bad lines
+    are reported once, by the replay)."""
+    now = now or datetime.now(UTC)
+    newest: datetime | None = None
+    with open(path, "rb") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            post = _decode_failure(line, max_record_bytes)
+            if isinstance(post, Post) and (newest is None or post.created_at > newest):
+                newest = post.created_at
+    if newest is None:
+        return timedelta(0)
+    return timedelta(minutes=(now - newest) // timedelta(minutes=1))
+
+
+def _shifted(posts: Iterable[Post], shift: timedelta) -> Iterator[Post]:
+    for post in posts:
+        try:
+            yield replace(post, created_at=post.created_at + shift)
+        except OverflowError:  # a shift past year 1 or 9999: keep the post's own time rather than lose it
+            log.warning("post %s/%s cannot be shifted by %s; replayed with its own time", post.platform,
+                        post.post_id, shift)
+            yield post
+
+
 def replay_posts(posts: Iterable[Post], publisher: PostPublisher, *, rate: float | str | None = None,
                  speedup: float | None = None, topic: str | None = None,
                  stop: threading.Event | None = None, report: ReplayReport | None = None,
@@ -195,16 +231,18 @@ def replay_posts(posts: Iterable[Post], publisher: PostPublisher, *, rate: float
 def replay_file(path: str | Path, publisher: PostPublisher, rate: float | str | None = None,
                 speedup: float | None = None, *, topic: str | None = None,
                 stop: threading.Event | None = None, pacer: Pacer | None = None,
-                rejects: str | Path | None = None) -> ReplayReport:
+                rejects: str | Path | None = None, shift: timedelta | None = None) -> ReplayReport:
     """Replay a JSONL file of posts into ``publisher``; returns how many were sent and which lines failed.
 
-    With ``rejects``, bad lines are also written there (see :class:`RejectsFile`).  The publisher is
-    flushed before returning, so ``sent`` posts are durable in Kafka when this returns.
+    With ``rejects``, bad lines are also written there (see :class:`RejectsFile`).  ``shift`` is added
+    to every post's ``created_at`` (see :func:`shift_to_now`).  The publisher is flushed before
+    returning, so ``sent`` posts are durable in Kafka when this returns.
     """
     report = ReplayReport()
     with open(path, "rb") as handle, (RejectsFile(Path(rejects)) if rejects else contextlib.nullcontext()) as reject:
-        replay_posts(read_posts(handle, report, reject), publisher, rate=rate, speedup=speedup, topic=topic,
-                     stop=stop, report=report, pacer=pacer)
+        posts = read_posts(handle, report, reject)
+        replay_posts(_shifted(posts, shift) if shift else posts, publisher, rate=rate, speedup=speedup,
+                     topic=topic, stop=stop, report=report, pacer=pacer)
     if rejects and report.invalid:
         report.rejects_path = Path(rejects)
     log.info("replayed %s: %d sent, %d invalid lines", path, report.sent, len(report.invalid))

@@ -1,10 +1,14 @@
 """`sentistream demo`: the whole product on one machine in about a minute, with nothing configured.
 
-It starts the embedded broker and PostgreSQL (or uses configured ones), migrates a fresh
-``sentistream_demo`` database, serves the sample posts' pictures from a loopback media server, runs a
-real `sentistream worker` process, replays the bundled sample feed into Kafka with its timestamps moved
-to end now, waits until every post is in PostgreSQL (and scored, when a model checkpoint is present),
-stops the worker with SIGTERM and prints what an analyst would look at first.
+It starts the embedded broker and PostgreSQL (or uses configured ones), migrates the database every
+other command uses, serves the sample posts' pictures from a loopback media server, runs a real
+`sentistream worker` process, replays the bundled sample feed into Kafka with its timestamps moved to end
+now, waits until every post is in PostgreSQL (and scored, when a model checkpoint is present), stops the
+worker with SIGTERM and prints what an analyst would look at first.
+
+The demo ends where an analyst starts: its rows stay in that database ($SENTISTREAM_HOME/pgdata when
+nothing is configured), so `sentistream dashboard` and `sentistream trends` run afterwards show them.  A
+new run replaces the previous run's rows of the sample's (fictional) topics, unless ``--keep-data``.
 """
 
 from __future__ import annotations
@@ -34,9 +38,6 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEMO_DATABASE = "sentistream_demo"
-
-
 def sample_lines() -> list[str]:
     """The bundled sample feed (connectors/samples/sample_posts.jsonl), one JSON post per line."""
     path = resources.files("connectors") / "samples" / "sample_posts.jsonl"
@@ -59,9 +60,20 @@ def rebased_posts(lines: list[str], media: DemoMediaServer, now: datetime) -> li
                   key=lambda p: p.created_at)
 
 
-def demo_database_url(server_url: str, keep: bool) -> str:
-    """A ``sentistream_demo`` database beside the server's default one, recreated unless ``keep``."""
-    return migrate.create_database(server_url, DEMO_DATABASE, replace=not keep)
+def forget_previous_run(engine: Engine, posts: list[Post]) -> None:
+    """Delete an earlier demo's rows: the sample's posts (sentiments and media go with them) and the
+    windows and alerts of the sample's topics, so a rerun shows one run, not stale windows of the last.
+
+    Only the sample's own topics are touched; they are fictional, so an analyst's data stays.
+    """
+    topics = sorted({p.topic for p in posts})
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM posts WHERE (platform, post_id) IN "
+                          "(SELECT * FROM unnest(CAST(:platforms AS text[]), CAST(:ids AS text[])))"),
+                     {"platforms": [p.platform for p in posts], "ids": [p.post_id for p in posts]})
+        conn.execute(text("DELETE FROM window_aggregates WHERE topic = ANY(:topics)"), {"topics": topics})
+        conn.execute(text("DELETE FROM alert_incidents WHERE topic = ANY(:topics)"), {"topics": topics})
+        conn.execute(text("DELETE FROM alerts WHERE topic = ANY(:topics)"), {"topics": topics})
 
 
 def model_available(settings: Settings) -> bool:
@@ -76,13 +88,17 @@ def model_available(settings: Settings) -> bool:
     return Path(DEFAULT_CHECKPOINT).exists()
 
 
-def _counts(engine: Engine) -> dict[str, int]:
+def _counts(engine: Engine, since: datetime) -> dict[str, int]:
+    """What this run has written so far (the database may hold other data: count rows since its start)."""
     with engine.connect() as conn:
         row = conn.execute(text(
-            "SELECT (SELECT count(*) FROM posts), (SELECT count(*) FROM sentiments), "
-            "(SELECT count(*) FROM dead_letters), "
-            "(SELECT count(*) FROM post_media WHERE status <> 'pending'), "
-            "(SELECT count(*) FROM posts WHERE unscored_reason IS NOT NULL)")).one()
+            "SELECT (SELECT count(*) FROM posts WHERE updated_at >= :since), "
+            "(SELECT count(*) FROM sentiments s JOIN posts p ON p.id = s.post_pk WHERE p.updated_at >= :since), "
+            "(SELECT count(*) FROM dead_letters WHERE created_at >= :since), "
+            "(SELECT count(*) FROM post_media m JOIN posts p ON p.id = m.post_pk "
+            " WHERE m.status <> 'pending' AND p.updated_at >= :since), "
+            "(SELECT count(*) FROM posts WHERE unscored_reason IS NOT NULL AND updated_at >= :since)"),
+            {"since": since}).one()
     # "unscored": stored without sentiment on purpose (another language, a post the model cannot take)
     return {"posts": row[0], "sentiments": row[1], "dead_letters": row[2], "media": row[3], "unscored": row[4]}
 
@@ -93,8 +109,14 @@ def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = Fal
     if not scoring:
         log.warning("no model checkpoint found: the demo stores and counts posts without sentiment")
     with services(settings, share_broker=False) as resolved, DemoMediaServer() as media:
-        database_url = demo_database_url(resolved.database_url, keep_data)
+        database_url = resolved.database_url  # the one `trends` and `dashboard` read afterwards
         migrate.upgrade(database_url)
+        posts = rebased_posts(sample_lines(), media, datetime.now(UTC))
+        engine = migrate.make_engine(database_url)
+        if not keep_data:
+            forget_previous_run(engine, posts)
+        with engine.connect() as conn:
+            run_started = conn.execute(text("SELECT now()")).scalar_one()  # the server's clock stamps rows
         ensure_topics(resolved.broker, [settings.topic_raw, settings.topic_deadletter, settings.topic_alerts],
                       settings.topic_partitions)
 
@@ -110,10 +132,7 @@ def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = Fal
             "SENTISTREAM_MEDIA_ALLOW_HOSTS": ",".join([*settings.media_allow_hosts, media.host_port]),
             "SENTISTREAM_SCORING": "true" if scoring else "false",
         })
-        # The sample spans three hours at a few posts a minute: 5-minute windows with a 15-post floor
-        # let the detector see its outage burst (a user's own settings win).
-        env.setdefault("SENTISTREAM_WINDOWS", "1m,5m,1h")
-        env.setdefault("SENTISTREAM_ALERT_MIN_VOLUME", "15")
+        # No alert overrides: the defaults catch the sample's outage (tests/stream/test_incidents.py).
         worker_log = home / "worker.log"
         log.info("starting the worker%s (log: %s)",
                  ": it loads the model first (about 20 s), posts are stored after that" if scoring else "",
@@ -122,30 +141,30 @@ def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = Fal
             worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
                                       stdout=out, stderr=subprocess.STDOUT)
         try:
-            posts = rebased_posts(sample_lines(), media, datetime.now(UTC))
             with KafkaPublisher(resolved.broker, topic=settings.topic_raw) as publisher:
                 report = replay_posts(posts, publisher)
             log.info("replayed %d sample posts into %s", report.sent, settings.topic_raw)
-            engine = migrate.make_engine(database_url)
-            done = _wait_until_consumed(engine, report.sent, scoring, worker, started + timeout_s, worker_log)
+            done = _wait_until_consumed(engine, report.sent, scoring, worker, started + timeout_s, worker_log,
+                                        run_started)
         finally:
             _stop(worker)
         if not done:
             return 1
         _print_summary(engine, scoring, time.monotonic() - started, home)
         engine.dispose()
+        _print_where_the_data_is(settings, "postgres" in resolved.started, database_url)
     return 0
 
 
 def _wait_until_consumed(engine: Engine, sent: int, scoring: bool, worker: subprocess.Popen[bytes],
-                         deadline: float, worker_log: Path) -> bool:
+                         deadline: float, worker_log: Path, since: datetime) -> bool:
     last = None
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             log.error("the worker exited with %s; its log:\n%s", worker.returncode,
                       worker_log.read_text(errors="replace")[-4000:])
             return False
-        counts = _counts(engine)
+        counts = _counts(engine, since)
         if counts != last:
             log.info("posts %(posts)d, scored %(sentiments)d, not scored %(unscored)d, media fetched "
                      "%(media)d, dead letters %(dead_letters)d", counts)
@@ -188,8 +207,9 @@ def _print_summary(engine: Engine, scoring: bool, seconds: float, plot_dir: Path
     with engine.connect() as conn:
         media = conn.execute(text("SELECT status, count(*) FROM post_media GROUP BY status ORDER BY status")).all()
         alerts = conn.execute(text(
-            "SELECT topic, window_start, window_seconds, observed, expected, n_posts, score FROM alerts "
-            "ORDER BY window_start")).all()
+            "SELECT topic, started_at, kind, status, n_windows, score, "
+            "coalesce(evidence #> '{explanation,terms}', '[]'::jsonb) FROM alert_incidents "
+            "ORDER BY started_at")).all()
     if media:
         out.write("\nmedia: " + ", ".join(f"{status} {n}" for status, n in media) + "\n")
     hourly = trends.query_trends(engine, topic=None, since="4h", bucket="hour")
@@ -197,10 +217,11 @@ def _print_summary(engine: Engine, scoring: bool, seconds: float, plot_dir: Path
         out.write("\nhourly trend, all topics (sentistream trends --bucket hour --since 4h):\n")
         out.write(trends.render_trends(hourly) + "\n")
     if alerts:
-        out.write("\nalerts (negative spikes):\n")
-        for topic, start, length, observed, expected, n, score in alerts:
-            out.write(f"  {topic}: {100 * observed:.0f}% negative of {n} posts in the {length // 60}-minute "
-                      f"window from {start:%H:%M} UTC, baseline {100 * expected:.0f}% (z = {score:.1f})\n")
+        out.write("\nalert incidents (sentistream alerts list):\n")
+        for topic, start, kind, status, n_windows, score, terms in alerts:
+            words = ", ".join(t["term"] for t in terms[:6]) or "none"
+            out.write(f"  {topic}: {kind.replace('_', ' ')} from {start:%H:%M} UTC, {status} after {n_windows} "
+                      f"window(s), peak z = {score:.1f}; over-represented terms: {words}\n")
         topic, start = alerts[0][0], alerts[0][1]
         rows = [r for r in trends.query_trends(engine, topic=topic, since="1d", bucket="minute")
                 if abs((r.bucket - start).total_seconds()) <= 20 * 60]
@@ -215,3 +236,25 @@ def _print_summary(engine: Engine, scoring: bool, seconds: float, plot_dir: Path
         out.write("\nalerts: none\n")
     out.write("\nquery it yourself: SELECT * FROM trend_hour ORDER BY topic, bucket;\n")
     out.flush()
+
+
+def _print_where_the_data_is(settings: Settings, embedded: bool, database_url: str) -> None:
+    """The demo's last words: where its rows are and the commands that show them."""
+    prefix = f"SENTISTREAM_HOME={settings.home} " if "SENTISTREAM_HOME" in os.environ else ""
+    if embedded:
+        pgdata = settings.home / "pgdata"
+        where = f"the embedded PostgreSQL in {pgdata} (database postgres)"
+        connection = (f"postgresql://postgres@/postgres?host={pgdata}\n"
+                      f"  (psql \"host={pgdata} user=postgres dbname=postgres\" while a sentistream command, e.g. "
+                      "the dashboard, runs the embedded server)")
+    else:
+        from sqlalchemy.engine import make_url
+
+        where = "the configured database (SENTISTREAM_DATABASE_URL)"
+        connection = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=True)
+    sys.stdout.write(
+        f"\nthe demo's data stays in {where}; look at it with:\n"
+        f"  {prefix}sentistream dashboard      # then open http://localhost:8050/\n"
+        f"  {prefix}sentistream trends --since 4h --bucket hour\n"
+        f"connection string: {connection}\n")
+    sys.stdout.flush()
