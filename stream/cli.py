@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="embedded services + bundled sample posts -> trends table")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
-    p.add_argument("--keep-data", action="store_true", help="keep the demo database between runs")
+    p.add_argument("--keep-data", action="store_true",
+                   help="keep the previous demo run's rows (by default a new run replaces them)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("worker", help="run the stream worker (Faust) until SIGTERM")
