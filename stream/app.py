@@ -94,7 +94,9 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
                              partitions=settings.topic_partitions)
 
     async def publish_alert(key: bytes, value: bytes) -> None:
-        await alerts_topic.send(key=key, value=value)
+        """Returns once the broker has the record: the alert outbox marks it delivered only then."""
+        sent = await alerts_topic.send(key=key, value=value)
+        await sent
 
     app.sentistream_publish_alert = publish_alert  # type: ignore[attr-defined]
 
@@ -303,4 +305,3 @@ def run_worker(settings: Settings, broker: BrokerTarget, processor_factory: Proc
 def default_executor() -> ThreadPoolExecutor:
     """Blocking work (tokenization, inference, psycopg2) runs here so Kafka heartbeats keep flowing."""
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="sentistream")
-

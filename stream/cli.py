@@ -224,7 +224,8 @@ def _register_optional(sub: argparse._SubParsersAction) -> None:
         rescore.register(sub)
     import importlib
 
-    for module, args in (("connectors.cli", (resolve_broker_and_database,)), ("model.cli", ())):
+    for module, args in (("connectors.cli", (resolve_broker_and_database,)), ("model.cli", ()),
+                         ("stream.alerts_cli", ())):
         try:
             importlib.import_module(module).register(sub, *args)
         except ModuleNotFoundError as exc:

@@ -9,6 +9,7 @@ replay rewrites the same rows instead of adding new ones:
 * ``window_aggregates`` (topic, window_start, window_seconds, model_version) — recomputed from rows
 * ``alert_incidents``   (topic, kind, model_version, started_at) — one open per topic and kind
 * ``alerts``            (topic, kind, model_version, window_start, window_seconds, event)
+* ``alert_deliveries``  (alert_id, destination) — the delivery outbox; ``alert_mutes`` (topic)
 * ``dead_letters``      (source_topic, source_partition, source_offset)
 * ``source_cursors``    (source) — connectors resume from here after a restart
 """
@@ -162,6 +163,9 @@ class AlertIncidentRow(Base):
     evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # `sentistream alerts ack`: an acknowledged incident's later events are not delivered (0005).
+    acked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acked_by: Mapped[str | None] = mapped_column(Text)
 
 
 class AlertRow(Base):
@@ -195,6 +199,57 @@ class AlertRow(Base):
     historical: Mapped[bool] = mapped_column(Boolean, server_default=false())  # stored, never delivered
 
 
+class AlertDeliveryRow(Base):
+    """The outbox: one row per alert and destination, claimed with a lease (stream/alert_delivery.py, 0005)."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "destination", name="uq_alert_deliveries_alert_id_destination"),
+        Index("ix_alert_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    destination: Mapped[str] = mapped_column(Text)  # kafka | webhook
+    state: Mapped[str] = mapped_column(Text, server_default="pending")  # pending|delivered|failed|suppressed|skipped
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_token: Mapped[str | None] = mapped_column(Text)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AlertDeliveryAttemptRow(Base):
+    """Every delivery attempt, kept for `sentistream alerts show` (0005)."""
+
+    __tablename__ = "alert_delivery_attempts"
+    __table_args__ = (Index("ix_alert_delivery_attempts_delivery_id", "delivery_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("alert_deliveries.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(Text)  # delivered | failed | expired
+    status: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AlertMuteRow(Base):
+    """`sentistream alerts mute TOPIC --for 2h`: the topic's alerts are stored but not delivered until then (0005)."""
+
+    __tablename__ = "alert_mutes"
+
+    topic: Mapped[str] = mapped_column(Text, primary_key=True)
+    muted_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    muted_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class DeadLetterRow(Base):
     __tablename__ = "dead_letters"
     # The payload's hash is in the key: after a broker restart a new message can reuse old coordinates (0003).
@@ -221,6 +276,6 @@ class SourceCursorRow(Base):
 
 
 __all__ = [
-    "AlertIncidentRow", "AlertRow", "Base", "DeadLetterRow", "PostMediaRow", "PostRow", "SentimentRow",
+    "AlertDeliveryAttemptRow", "AlertDeliveryRow", "AlertIncidentRow", "AlertMuteRow", "AlertRow", "Base", "DeadLetterRow", "PostMediaRow", "PostRow", "SentimentRow",
     "SourceCursorRow", "WindowAggregateRow",
 ]

@@ -47,6 +47,12 @@ CONSUMER_LAG = Gauge("sentistream_consumer_lag", "Messages behind the partition 
                      ["topic", "partition"], registry=REGISTRY)
 ALERTS = Counter("sentistream_alerts_total", "Alerts raised (new rows only), by kind.", ["kind"],
                  registry=REGISTRY)
+ALERT_DELIVERIES = Counter(
+    "sentistream_alert_deliveries_total",
+    "Alert delivery outcomes by destination (kafka, webhook): delivered, failed (an attempt failed, retried "
+    "later), expired (gave up at SENTISTREAM_ALERT_DELIVERY_MAX_AGE_S), suppressed (muted/acked/historical), "
+    "skipped (destination not configured or not taking the event).",
+    ["destination", "outcome"], registry=REGISTRY)
 WINDOW_RECOMPUTE_FAILURES = Counter(
     "sentistream_window_recompute_failures_total",
     "Failed attempts to recompute a batch's windows; each is retried, the batch is acked only after one succeeds.",

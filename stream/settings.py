@@ -12,7 +12,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     alert_cooldown_s: int = 3600
     alert_historical_after_s: int = 21600  # alerts on windows that ended longer ago than this are stored as historical, never delivered
     alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = None  # HMAC-SHA256 key for the X-Sentistream-Signature header; None = unsigned
+    alert_webhook_format: Literal["json", "slack"] = "json"  # json = the sentistream.alert/v1 document; slack = a Slack incoming-webhook message
+    alert_webhook_timeout_s: float = 10.0  # one webhook request, connect to last byte; the claim lease is 3x this (at least 60 s)
+    alert_delivery_max_age_s: float = 86400.0  # a delivery is retried (capped exponential backoff, across restarts) until it is this old, then marked failed
+    alert_delivery_interval_s: float = 5.0  # how often the worker looks for deliveries whose retry time has come (also after every batch)
     alert_warmup_windows: int = 5  # baseline windows a topic needs before it can alert
 
     # Worker process.
