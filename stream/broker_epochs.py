@@ -14,9 +14,11 @@ offsets are trusted, since either may come from the old log.  Re-reading is harm
 upsert keyed by the post.  A new epoch is recognised two ways, checked every ``epoch_check_interval_s``:
 
 * the broker's cluster id changed (the embedded broker gets a fresh id at every start, so this catches a
-  restart even when the new log has already outgrown the old positions); partitions assigned to this
-  worker are reset once per assignment generation for ``EPOCH_GRACE_S`` after the change, because a
-  rebalance in that time can seek to a commit of the old generation again;
+  restart even when the new log has already outgrown the old positions); for ``EPOCH_GRACE_S`` after the
+  change, the partitions assigned to this worker are rewound again after every rebalance, because a
+  rebalance in that time can seek to a commit of the old generation again (rebalances are counted by
+  Faust's ``rebalancing_count``, not by generation id: a restarted Tansu numbers generations from the
+  start again, so old and new generation ids can be equal);
 * a partition's fetch position is beyond the log end the broker reports (the high-water mark of its last
   fetch response, which Tansu reports correctly, unlike ListOffsets): for brokers whose cluster id is
   fixed.  This one only fires while the new log is still shorter than the old position.
@@ -128,6 +130,13 @@ def kafka_cluster_id(bootstrap_servers: str) -> Callable[[], str | None]:
     return probe
 
 
+def _rebalancing(app: Any) -> bool:
+    """Stopping, or inside a rebalance (from its start until Faust's seeks to committed offsets are done)."""
+    flow_control = getattr(app, "flow_control", None)
+    return (bool(app.should_stop) or bool(getattr(app, "rebalancing", False))
+            or (flow_control is not None and not flow_control.is_active()))
+
+
 @dataclass
 class BrokerEpochWatch:
     """Per-worker state of the epoch check; ``check`` runs on a Faust timer."""
@@ -138,7 +147,7 @@ class BrokerEpochWatch:
     cluster_id: str | None = None
     resets: int = 0
     _suspect_until: float = 0.0
-    _rewound_in_generation: dict[TP, int] = field(default_factory=dict)
+    _rewound_at_rebalance: dict[TP, int] = field(default_factory=dict)
     _probe_task: asyncio.Future[str | None] | None = None
 
     async def _probe_cluster_id(self) -> str | None:
@@ -161,10 +170,9 @@ class BrokerEpochWatch:
                             "re-reading the assigned partitions of %s from the start of the new log",
                             self.cluster_id, cluster_id, self.topic)
                 self._suspect_until = time.monotonic() + self.grace_s
-                self._rewound_in_generation.clear()
+                self._rewound_at_rebalance.clear()
             self.cluster_id = cluster_id
-        flow_control = getattr(app, "flow_control", None)
-        if app.should_stop or (flow_control is not None and not flow_control.is_active()):
+        if _rebalancing(app):
             return []  # a rebalance is in progress: its seeks would undo ours
         consumer = app.consumer
         try:
@@ -173,23 +181,26 @@ class BrokerEpochWatch:
             return []
         rewind: list[TP] = []
         if time.monotonic() < self._suspect_until:
-            generation = app.consumer_generation_id
-            rewind = [tp for tp in assigned if self._rewound_in_generation.get(tp) != generation]
+            rebalances = app.rebalancing_count
+            rewind = [tp for tp in assigned if self._rewound_at_rebalance.get(tp) != rebalances]
         stale = await find_stale_positions(consumer, [tp for tp in assigned if tp not in rewind])
         for s in stale:
             log.warning("broker epoch changed on %s[%d]: position %d is beyond the log end %d (the broker "
                         "restarted with a new log); re-reading it from the start", s.tp.topic, s.tp.partition,
                         s.position, s.log_end)
         rewind += [s.tp for s in stale]
-        if not rewind:
+        if not rewind or _rebalancing(app):  # the awaits above may have let a rebalance begin
             return []
+        rebalances = app.rebalancing_count
         start = await rewind_to_log_start(consumer, rewind)
         if start is None:
             log.warning("broker epoch changed for %d partition(s) but their log start is unknown yet; retrying",
                         len(rewind))
             return []
         for tp in rewind:
-            self._rewound_in_generation[tp] = app.consumer_generation_id
+            # A rebalance that began meanwhile may undo the seek: the count differs, so the next round
+            # rewinds again once it is over.
+            self._rewound_at_rebalance[tp] = rebalances
         self.resets += len(rewind)
         log.info("re-reading %s from offsets %s", self.topic,
                  ", ".join(f"[{tp.partition}]@{offset}" for tp, offset in sorted(start.items())))
