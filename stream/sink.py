@@ -7,16 +7,20 @@ ack the batch's messages.  A failure rolls the transaction back and raises, so n
 the batch is redelivered.  Every statement is an upsert on a natural key, which makes redelivery
 harmless: at-least-once in, exactly-once in effect.
 
-Rows go in with multi-row ``INSERT ... ON CONFLICT`` through psycopg2's ``execute_values`` (≈ 8× faster
-than per-row ``executemany`` here, see ../shared/MEASURED.md); keys repeated inside a batch are
+Small batches go in with multi-row ``INSERT ... ON CONFLICT`` through psycopg2's ``execute_values``;
+batches from ``COPY_MIN_ROWS`` posts up are streamed with COPY into session-local staging tables and
+moved with one ``INSERT ... SELECT ... ON CONFLICT`` per table (same upserts, same rows, far fewer bytes
+parsed; bench/sink.py measures both against per-row ``executemany``).  Keys repeated inside a batch are
 collapsed first, because PostgreSQL refuses to update one row twice in one statement.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,38 +135,71 @@ class WriteResult:
 # recompute the window aggregates the batch touched, so aggregates commit atomically with their rows.
 TransactionHook = Callable[[Any, Sequence[SinkRecord], dict[str, int]], None]
 
-_POSTS_SQL = """
-INSERT INTO posts (platform, post_id, author, created_at, text, lang, url, topic, keywords, raw, ingested_at,
-                   unscored_reason)
-VALUES %s
+_POSTS_COLUMNS = ("platform, post_id, author, created_at, text, lang, url, topic, keywords, raw, ingested_at, "
+                  "unscored_reason")
+_POSTS_UPSERT = """
 ON CONFLICT (platform, post_id) DO UPDATE SET
     author = EXCLUDED.author, created_at = EXCLUDED.created_at, text = EXCLUDED.text,
     lang = EXCLUDED.lang, url = EXCLUDED.url, topic = EXCLUDED.topic, keywords = EXCLUDED.keywords,
     raw = COALESCE(EXCLUDED.raw, posts.raw), unscored_reason = EXCLUDED.unscored_reason, updated_at = now()
 RETURNING id, platform, post_id
 """
+_POSTS_SQL = f"INSERT INTO posts ({_POSTS_COLUMNS}) VALUES %s{_POSTS_UPSERT}"
 _POSTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::jsonb, %s, %s)"
 
-_MEDIA_SQL = """
-INSERT INTO post_media (post_pk, url, kind, status, content_type, bytes, sha256, width, height, error, fetched_at)
-VALUES %s
+_MEDIA_COLUMNS = "post_pk, url, kind, status, content_type, bytes, sha256, width, height, error, fetched_at"
+_MEDIA_UPSERT = """
 ON CONFLICT (post_pk, url) DO UPDATE SET
     kind = EXCLUDED.kind, status = EXCLUDED.status, content_type = EXCLUDED.content_type,
     bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, width = EXCLUDED.width, height = EXCLUDED.height,
     error = EXCLUDED.error, fetched_at = EXCLUDED.fetched_at
 """
+_MEDIA_SQL = f"INSERT INTO post_media ({_MEDIA_COLUMNS}) VALUES %s{_MEDIA_UPSERT}"
 
-_SENTIMENTS_SQL = """
-INSERT INTO sentiments (post_pk, model_version, label, p_negative, p_neutral, p_positive, intensity,
-                        modality_weights, modalities, scored_at)
-VALUES %s
+_SENTIMENTS_COLUMNS = ("post_pk, model_version, label, p_negative, p_neutral, p_positive, intensity, "
+                       "modality_weights, modalities, scored_at")
+_SENTIMENTS_UPSERT = """
 ON CONFLICT (post_pk, model_version) DO UPDATE SET
     label = EXCLUDED.label, p_negative = EXCLUDED.p_negative, p_neutral = EXCLUDED.p_neutral,
     p_positive = EXCLUDED.p_positive, intensity = EXCLUDED.intensity,
     modality_weights = EXCLUDED.modality_weights, modalities = EXCLUDED.modalities,
     scored_at = EXCLUDED.scored_at
 """
+_SENTIMENTS_SQL = f"INSERT INTO sentiments ({_SENTIMENTS_COLUMNS}) VALUES %s{_SENTIMENTS_UPSERT}"
 _SENTIMENTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::text[], %s)"
+
+# The COPY path (``PostgresSink(bulk=...)``): rows are streamed into session-local staging tables with
+# COPY (no per-row parsing of SQL, no per-row round trip), then moved with one INSERT ... SELECT ... ON
+# CONFLICT per table, the same upserts as above.  ON COMMIT DELETE ROWS empties them at every commit, and a
+# rollback takes their rows too, so nothing leaks from one batch into the next.
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_posts (
+    platform text, post_id text, author text, created_at timestamptz, text text, lang text, url text,
+    topic text, keywords text[], raw jsonb, ingested_at timestamptz, unscored_reason text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_media (
+    post_pk bigint, url text, kind text, status text, content_type text, bytes integer, sha256 text,
+    width integer, height integer, error text, fetched_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_sentiments (
+    post_pk bigint, model_version text, label text, p_negative double precision, p_neutral double precision,
+    p_positive double precision, intensity double precision, modality_weights jsonb, modalities text[],
+    scored_at timestamptz
+) ON COMMIT DELETE ROWS;
+"""
+_POSTS_COPY = f"COPY sentistream_stage_posts ({_POSTS_COLUMNS}) FROM STDIN"
+_POSTS_FROM_STAGE = (f"INSERT INTO posts ({_POSTS_COLUMNS}) SELECT {_POSTS_COLUMNS} FROM sentistream_stage_posts"
+                     f"{_POSTS_UPSERT}")
+_MEDIA_COPY = f"COPY sentistream_stage_media ({_MEDIA_COLUMNS}) FROM STDIN"
+_MEDIA_FROM_STAGE = (f"INSERT INTO post_media ({_MEDIA_COLUMNS}) SELECT {_MEDIA_COLUMNS} FROM sentistream_stage_media"
+                     f"{_MEDIA_UPSERT}")
+_SENTIMENTS_COPY = f"COPY sentistream_stage_sentiments ({_SENTIMENTS_COLUMNS}) FROM STDIN"
+_SENTIMENTS_FROM_STAGE = (f"INSERT INTO sentiments ({_SENTIMENTS_COLUMNS}) SELECT {_SENTIMENTS_COLUMNS} "
+                          f"FROM sentistream_stage_sentiments{_SENTIMENTS_UPSERT}")
+
+COPY_MIN_ROWS = 32
+"""Batches of at least this many posts take the COPY path (``bulk="auto"``): below it the staging
+statements' fixed round trips cost more than ``execute_values`` saves (bench/sink.py)."""
 
 _DEAD_SQL = """
 INSERT INTO dead_letters (source_topic, source_partition, source_offset, key, reason, payload, payload_sha256)
@@ -175,10 +212,17 @@ RETURNING id, source_topic, source_partition, source_offset, key, reason
 class PostgresSink:
     """Buffers records with ``add`` and writes them in one transaction with ``flush``/``write``."""
 
-    def __init__(self, engine: Engine, hooks: Sequence[TransactionHook] = (), page_size: int = 1000) -> None:
+    def __init__(self, engine: Engine, hooks: Sequence[TransactionHook] = (), page_size: int = 1000,
+                 bulk: str = "auto") -> None:
+        """``bulk``: "copy" (COPY into staging tables, then INSERT ... SELECT ... ON CONFLICT), "values"
+        (multi-row INSERT ... ON CONFLICT), or "auto" (copy from ``COPY_MIN_ROWS`` posts up).  Both give
+        the same rows; they differ only in speed."""
+        if bulk not in {"auto", "copy", "values"}:
+            raise ValueError(f"bulk must be auto, copy or values, not {bulk!r}")
         self.engine = engine
         self.hooks = list(hooks)
         self.page_size = page_size
+        self.bulk = bulk
         self._records: list[SinkRecord] = []
         self._dead: list[DeadLetter] = []
 
@@ -198,12 +242,15 @@ class PostgresSink:
         """Upsert one batch atomically; raises on failure after rolling back."""
         started = time.perf_counter()
         records = _last_per_key(records)
+        copy = self.bulk == "copy" or (self.bulk == "auto" and len(records) >= COPY_MIN_ROWS)
         raw = self.engine.raw_connection()
         try:
             with raw.cursor() as cur:
-                post_pks = self._write_posts(cur, records)
-                n_media = self._write_media(cur, records, post_pks)
-                n_sent = self._write_sentiments(cur, records, post_pks)
+                if copy and records:
+                    cur.execute(_STAGING_DDL)
+                post_pks = self._write_posts(cur, records, copy)
+                n_media = self._write_media(cur, records, post_pks, copy)
+                n_sent = self._write_sentiments(cur, records, post_pks, copy)
                 new_dead = self._write_dead_letters(cur, dead_letters)
                 for hook in self.hooks:
                     hook(cur, records, post_pks)
@@ -220,26 +267,36 @@ class PostgresSink:
         return WriteResult(posts=len(records), sentiments=n_sent, media=n_media, dead_letters=len(dead_letters),
                            post_pks=post_pks, seconds=time.perf_counter() - started)
 
-    def _write_posts(self, cur: Any, records: Sequence[SinkRecord]) -> dict[str, int]:
+    def _write_posts(self, cur: Any, records: Sequence[SinkRecord], copy: bool = False) -> dict[str, int]:
         if not records:
             return {}
         rows = [_post_row(r.post, None if r.sentiment is not None else r.unscored_reason) for r in records]
-        returned = execute_values(cur, _POSTS_SQL, rows, template=_POSTS_TEMPLATE,
-                                  page_size=self.page_size, fetch=True)
+        if copy:
+            _copy_rows(cur, _POSTS_COPY, rows)
+            cur.execute(_POSTS_FROM_STAGE)
+            returned = cur.fetchall()
+        else:
+            returned = execute_values(cur, _POSTS_SQL, rows, template=_POSTS_TEMPLATE,
+                                      page_size=self.page_size, fetch=True)
         return {f"{platform}:{post_id}": pk for pk, platform, post_id in returned}
 
-    def _write_media(self, cur: Any, records: Sequence[SinkRecord], post_pks: dict[str, int]) -> int:
+    def _write_media(self, cur: Any, records: Sequence[SinkRecord], post_pks: dict[str, int],
+                     copy: bool = False) -> int:
         rows = {}
         for r in records:
             pk = post_pks[r.post.key]
             for m in r.media:
                 rows[(pk, m.url)] = (pk, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
                                      m.width, m.height, m.error, m.fetched_at)
-        if rows:
+        if rows and copy:
+            _copy_rows(cur, _MEDIA_COPY, list(rows.values()))
+            cur.execute(_MEDIA_FROM_STAGE)
+        elif rows:
             execute_values(cur, _MEDIA_SQL, list(rows.values()), page_size=self.page_size)
         return len(rows)
 
-    def _write_sentiments(self, cur: Any, records: Sequence[SinkRecord], post_pks: dict[str, int]) -> int:
+    def _write_sentiments(self, cur: Any, records: Sequence[SinkRecord], post_pks: dict[str, int],
+                          copy: bool = False) -> int:
         now = datetime.now(UTC)
         rows = []
         for r in records:
@@ -250,7 +307,10 @@ class PostgresSink:
             rows.append((post_pks[r.post.key], s.model_version, s.label, float(p.get("negative", 0.0)),
                          float(p.get("neutral", 0.0)), float(p.get("positive", 0.0)), float(s.intensity),
                          json.dumps(s.modality_weights or {}), list(r.modalities), now))
-        if rows:
+        if rows and copy:
+            _copy_rows(cur, _SENTIMENTS_COPY, rows)
+            cur.execute(_SENTIMENTS_FROM_STAGE)
+        elif rows:
             execute_values(cur, _SENTIMENTS_SQL, rows, template=_SENTIMENTS_TEMPLATE, page_size=self.page_size)
         return len(rows)
 
@@ -260,6 +320,50 @@ class PostgresSink:
             return []
         rows = [_dead_letter_row(d) for d in dead]
         return list(execute_values(cur, _DEAD_SQL, rows, page_size=self.page_size, fetch=True))
+
+
+def _copy_rows(cur: Any, copy_sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Stream ``rows`` (the tuples the VALUES path binds) into a staging table in COPY text format."""
+    body = "".join("\t".join(map(_copy_field, row)) + "\n" for row in rows)
+    cur.copy_expert(copy_sql, io.BytesIO(body.encode("utf-8")))
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _copy_field(value: Any) -> str:
+    """One value in COPY text format, as psycopg2 would bind it: None is \\N, text is escaped, a list
+    is an array literal, floats keep every digit (repr), datetimes are ISO 8601 with their offset."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return _array_literal(value).translate(_COPY_ESCAPES)
+    raise TypeError(f"no COPY form for {type(value).__name__}")
+
+
+def _array_literal(items: Sequence[Any]) -> str:
+    """A text[] literal: every element double-quoted, backslash and quote escaped, None as NULL."""
+    parts = []
+    for item in items:
+        if item is None:
+            parts.append("NULL")
+        else:
+            parts.append('"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
 
 
 def _post_row(post: Post, unscored_reason: str | None = None) -> tuple[Any, ...]:
