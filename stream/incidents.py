@@ -219,11 +219,12 @@ def enqueue_delivery(conn: Connection, alert_id: int) -> None:
     """THE delivery hook: called once per new, non-historical alert row, inside the transaction that
     stored it (so an alert is queued exactly when it exists).
 
-    Today delivery polls ``alerts`` for rows with ``published_at IS NULL AND NOT historical``
-    (``stream.aggregation.WindowAlertStage.deliver_pending``), so there is nothing to do here.  A durable
-    outbox replaces this body with an insert of ``alert_id`` into it, on ``conn``.
+    It writes the alert's rows in the delivery outbox (``stream.alert_delivery``: one per destination,
+    sent once by whichever worker claims it, retried across restarts).
     """
-    del conn, alert_id
+    from stream.alert_delivery import enqueue_alert_delivery
+
+    enqueue_alert_delivery(conn, alert_id)
 
 
 def _lock_topic(conn: Connection, topic: str) -> None:
@@ -246,7 +247,9 @@ def _latest(conn: Connection, topic: str, kind: str, model_version: str) -> Inci
                     row.n_windows, row.historical, row.id, list(windows))
 
 
-def _save(conn: Connection, incident: Incident, evidence: dict[str, Any]) -> None:
+def _save(conn: Connection, incident: Incident, evidence: dict[str, Any] | None) -> None:
+    """Insert or update the incident; ``evidence`` None keeps the stored one (a resolution keeps the
+    explanation and numbers of the incident's last spiking window)."""
     from stream.db import AlertIncidentRow
 
     t = AlertIncidentRow.__table__
@@ -255,7 +258,9 @@ def _save(conn: Connection, incident: Incident, evidence: dict[str, Any]) -> Non
               "started_at": incident.started_at, "last_window_start": incident.last_window_start,
               "resolved_at": incident.resolved_at, "observed": incident.observed, "expected": incident.expected,
               "score": incident.score, "n_posts": incident.n_posts, "n_negative": incident.n_negative,
-              "n_windows": incident.n_windows, "historical": incident.historical, "evidence": evidence}
+              "n_windows": incident.n_windows, "historical": incident.historical}
+    if evidence is not None or incident.id is None:
+        values["evidence"] = evidence
     if incident.id is None:
         stmt = pg_insert(t).values(values)
         stmt = stmt.on_conflict_do_update(constraint="uq_alert_incidents_key",
@@ -313,7 +318,7 @@ def apply_looks(conn: Connection, looks: Sequence[Look], config_for: Callable[[s
             evidence = look_evidence(incident, look, event)
             if explain is not None:
                 evidence["explanation"] = explain(conn, incident, look)
-            _save(conn, incident, evidence)
+            _save(conn, incident, None if event == EVENT_RESOLVED else evidence)
             latest[key] = incident
             alert = alert_of(incident, look, event, evidence, historical)
             row = conn.execute(pg_insert(a).values(alert.to_row())
