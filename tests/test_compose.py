@@ -29,7 +29,8 @@ COMPOSE_PATH = ROOT / "docker-compose.yml"
 ENV_EXAMPLE_PATH = ROOT / ".env.example"
 DOCKERFILE_PATH = ROOT / "Dockerfile"
 SETTING_NAMES = Settings.variable_names()
-INFRA_IMAGES = ("apache/kafka:", "postgres:")
+INFRA_IMAGES = ("apache/kafka:", "postgres:", "prom/prometheus:", "grafana/grafana:")
+DEPLOY = ROOT / "deploy"
 
 
 def read_env_example() -> dict[str, str]:
@@ -243,7 +244,7 @@ def test_kafka_is_kraft_and_serves_the_address_the_app_uses(services: dict[str, 
             assert listeners[matching[0]].endswith(f":{port}"), "advertised port is not the listening port"
             assert server.split(":")[0] == name
         depends = app.get("depends_on", {})
-        assert name in depends or "kafka-init" in depends or app_name in {"migrate", "trends"}
+        assert name in depends or "kafka-init" in depends or app_name in {"migrate", "trends", "dashboard"}
 
 
 def test_kafka_init_creates_the_topics_the_app_uses(services: dict[str, dict[str, Any]]) -> None:
@@ -267,7 +268,11 @@ def test_postgres_16_matches_the_database_url(services: dict[str, dict[str, Any]
         url = urlsplit(to_sqlalchemy_url(environment_of(app)["SENTISTREAM_DATABASE_URL"]))
         assert url.scheme == "postgresql+psycopg2"
         assert (url.hostname, url.port or 5432) == (name, 5432), app_name
-        assert url.username == env["POSTGRES_USER"] and url.password == env["POSTGRES_PASSWORD"]
+        if app_name == "dashboard":  # the read-only role the postgres service creates on first start
+            assert (url.username, url.password) == (env["DASHBOARD_DB_USER"], env["DASHBOARD_DB_PASSWORD"])
+            assert url.username != env["POSTGRES_USER"]
+        else:
+            assert url.username == env["POSTGRES_USER"] and url.password == env["POSTGRES_PASSWORD"]
         assert url.path.lstrip("/") == env["POSTGRES_DB"]
     assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
 
@@ -375,3 +380,89 @@ def test_connectors_and_worker_read_the_same_topics_file(services: dict[str, dic
         command = service["command"]
         topics = command[command.index("--topics") + 1]
         assert _mounted_source(service, topics) == worker_source, platform
+
+
+# --- docker-compose.yml: the dashboard, its read-only role, Prometheus and Grafana ----------------------
+
+
+def test_worker_healthcheck_asks_health_for_its_status(services: dict[str, dict[str, Any]]) -> None:
+    probe = services["worker"]["healthcheck"]["test"]
+    assert probe[:3] == ["CMD", "python", "-c"]
+    assert "/health" in probe[3] and "urlopen" in probe[3]  # urlopen raises on /health's 503
+    compile(probe[3], "healthcheck", "exec")
+
+
+def test_dashboard_service_reads_through_the_read_only_role(services: dict[str, dict[str, Any]]) -> None:
+    dashboard = services["dashboard"]
+    command = dashboard["command"]
+    parsed = build_parser().parse_args(command)
+    assert command[0] == "dashboard" and parsed.host == "0.0.0.0"
+    assert any(p.endswith(f":{parsed.port}") for p in dashboard["ports"])
+    assert dashboard["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert str(parsed.port) in " ".join(dashboard["healthcheck"]["test"])
+    # The postgres service creates the role on first start with the script that README documents.
+    postgres = services["postgres"]
+    initdb = _mounted_source(postgres, "/docker-entrypoint-initdb.d/10-dashboard-reader.sh")
+    script = (ROOT / initdb).read_text()
+    sql_path = re.search(r"-f (\S+)", script).group(1)
+    assert (ROOT / _mounted_source(postgres, sql_path)).is_file()
+    sql = (DEPLOY / "postgres" / "dashboard_reader.sql").read_text()
+    assert "default_transaction_read_only = on" in sql and "GRANT SELECT" in sql
+    assert not re.search(r"GRANT\s+(INSERT|UPDATE|DELETE|ALL)", sql, flags=re.IGNORECASE)
+
+
+def _metric_names() -> dict[str, set[str]]:
+    """Every series name stream/metrics.py exposes (with the _total/_bucket/... suffixes) -> its labels."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from stream import metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",),
+                "summary": ("_count", "_sum")}
+    names: dict[str, set[str]] = {}
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            labels = set(value._labelnames) | ({"le"} if value._type == "histogram" else set())
+            for suffix in suffixes[value._type]:
+                names[value._name + suffix] = labels
+    return names
+
+
+def test_grafana_dashboard_queries_only_metrics_the_worker_exports(services: dict[str, dict[str, Any]]) -> None:
+    exported = _metric_names()
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "sentistream-worker.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bsentistream_[a-z_]+", expr)}
+    assert used and sorted(used - set(exported)) == []
+    for expr in exprs:
+        labels = set().union(*(exported[n] for n in re.findall(r"\bsentistream_[a-z_]+", expr)))
+        grouped = {g.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for g in group.split(",")}
+        selected = set(re.findall(r"(\w+)=", "".join(re.findall(r"\{([^}]*)\}", expr))))
+        assert grouped | selected <= labels, expr
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("posts per second", "lag", "batch latency", "dead letters", "media", "alerts"):
+        assert topic in titles
+    # Grafana loads it from the provisioned folder, with the provisioned Prometheus as its data source.
+    grafana = services["grafana"]
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/sentistream.yml").read_text())
+    folder = provider["providers"][0]["options"]["path"]
+    assert _mounted_source(grafana, f"{folder}/sentistream-worker.json") == "deploy/grafana/dashboards/sentistream-worker.json"
+    sources = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"]}
+    assert uids == {sources[0]["uid"]}
+    url = urlsplit(sources[0]["url"])
+    assert url.hostname in services and services[url.hostname]["image"].startswith("prom/prometheus:")
+    assert url.port == 9090
+
+
+def test_prometheus_scrapes_every_worker_replica(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    config_path = _mounted_source(prometheus, "/etc/prometheus/prometheus.yml")
+    config = yaml.safe_load((ROOT / config_path).read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (dns,) = job["dns_sd_configs"]
+    worker = Settings.from_env(environment_of(services["worker"]))
+    assert dns["names"] == ["worker"] and dns["port"] == worker.web_port and worker.web_host == "0.0.0.0"
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]

@@ -113,7 +113,10 @@ def insert_alert(engine: Engine, topic: str, window_start: datetime, seconds: in
                  n_negative: int) -> int:
     """An incident and its 'opened' event, as the detector stores them (migration 0004's columns)."""
     evidence = {"window_seconds": seconds, "z_binomial": 5.2, "z_ewma": 4.8, "lift": 0.6, "p_value": 1e-6,
-                "baseline_windows": 12, "note_from_a_newer_detector": {"nested": [1, 2]}}
+                "baseline_windows": 12, "note_from_a_newer_detector": {"nested": [1, 2]},
+                "explanation": {"terms": [{"term": "check-in", "z": 4.1, "incident_count": 7, "baseline_count": 0}],
+                                "hashtags": [{"term": "#skywaysdown", "z": 2.5, "incident_count": 3,
+                                              "baseline_count": 0}]}}
     observed = n_negative / n_posts
     with engine.begin() as conn:
         incident_id = conn.execute(text("""

@@ -266,3 +266,53 @@ def test_sentistream_dashboard_refuses_a_database_without_the_schema(fresh_db: s
     done = subprocess.run([sys.executable, "-m", "stream.cli", "dashboard", "--port", str(free_port())], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "sentistream db upgrade" in done.stderr
+
+
+
+def test_the_documented_read_only_role_reads_and_cannot_write(seeded, migrated_db: str) -> None:
+    """deploy/postgres/dashboard_reader.sql (README, compose's initdb) run with psql as the tables' owner:
+    the role reads every table, also one created after it (a later migration), and writes nothing."""
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql (postgresql-client) is not installed")
+    engine, _ = seeded
+    url = make_url(migrated_db)
+    reader = f"reader_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as conn:
+        owner = conn.execute(text("SELECT tableowner FROM pg_tables WHERE tablename = 'posts'")).scalar_one()
+    libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    sql = Path(__file__).resolve().parents[2] / "deploy" / "postgres" / "dashboard_reader.sql"
+    done = subprocess.run([psql, libpq, "-v", f"reader={reader}", "-v", "password=s3cret-'quoted",
+                           "-v", f"owner={owner}", "-v", f"db={url.database}", "-f", str(sql)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    reader_engine = make_engine(url.set(username=reader, password="s3cret-'quoted").render_as_string(
+        hide_password=False))
+    try:
+        with engine.begin() as conn:  # a later migration's table, created by the owner
+            conn.execute(text(f'SET ROLE "{owner}"'))
+            conn.execute(text("CREATE TABLE later_table (x int)"))
+        series = DashboardReader(reader_engine).series(since="6h", bucket="hour")
+        assert {t["topic"] for t in series["topics"]} == {"acme-phone", "skyways"}
+        with reader_engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM later_table")).scalar_one() == 0
+            assert conn.execute(text("SHOW default_transaction_read_only")).scalar_one() == "on"
+            conn.rollback()
+            conn.exec_driver_sql("SET default_transaction_read_only = off")  # even so: no privilege to write
+            conn.commit()
+            assert conn.execute(text("SHOW transaction_read_only")).scalar_one() == "off"
+            with pytest.raises(DBAPIError) as caught:
+                conn.execute(text("DELETE FROM posts"))
+        assert isinstance(caught.value.orig, psycopg2.errors.InsufficientPrivilege)
+    finally:
+        reader_engine.dispose()
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS later_table"))
+            conn.execute(text(f'DROP OWNED BY "{reader}"'))
+            conn.execute(text(f'DROP ROLE "{reader}"'))

@@ -108,6 +108,8 @@ def test_page_draws_the_right_numbers_and_drills_into_an_alerts_posts(browser, m
             assert browser.execute_script("return window.__pwned === undefined && !document.getElementById('evil')")
             links = browser.find_elements(By.CSS_SELECTOR, "#detail-posts a[rel~='noopener']")
             assert len(links) == len(listed)
+            explanation = browser.find_element(By.ID, "detail-explanation").text
+            assert "check-in" in explanation and "#skywaysdown" in explanation
             evidence = browser.find_element(By.ID, "detail-evidence").text
             assert "z_binomial" in evidence and "note_from_a_newer_detector" in evidence
             assert "image" in browser.find_element(By.CSS_SELECTOR, "#detail-posts tr[data-post-id='x1']").text
@@ -120,6 +122,7 @@ def test_page_draws_the_right_numbers_and_drills_into_an_alerts_posts(browser, m
             browser.execute_script("window.scrollTo(0, 0)")
             assert browser.save_screenshot(str(shot))
             assert shot.stat().st_size > 20_000
+            assert browser.find_element(By.ID, "detail").screenshot(str(tmp_path / "dashboard-alert.png"))
             logs = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
             assert logs == [], logs
     finally:

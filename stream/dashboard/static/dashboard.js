@@ -125,7 +125,7 @@
       axes: [timeAxis(), shareAxis()],
       series: [{ label: "time (UTC)" }, ...topics.map((tp, i) => ({
         label: tp.topic, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: false,
-        value: (u, v) => pct(v), points: { show: true, size: 6 },
+        value: (u, v) => pct(v), points: { show: true, size: 6, fill: PALETTE[i % PALETTE.length] },
       }))],
       legend: { live: true },
     };
@@ -364,16 +364,40 @@
       $("detail-summary").textContent = explanation ||
         `${pct(a.observed)} negative of ${num(a.n_posts)} posts in the ${Math.round(a.window_seconds / 60)}-minute ` +
         `window from ${utc(a.window_start)} UTC; baseline ${pct(a.expected)} (score ${Number(a.score).toFixed(1)}).`;
+      renderExplanation((a.evidence && a.evidence.explanation) || (a.incident && a.incident.evidence
+        && a.incident.evidence.explanation) || null);
       const evidence = Object.assign({}, a.evidence || {});
+      delete evidence.explanation;  // shown above in words
       const known = ["evidence", "incident", "t", "window_end", "topic", "id"];
       Object.entries(a).forEach(([k, v]) => { if (!known.includes(k) && !(k in evidence)) evidence[k] = v; });
       kvRows($("detail-evidence"), evidence);
-      kvRows($("detail-incident"), a.incident || { incident: "none" });
+      const incident = a.incident ? Object.assign({}, a.incident) : { incident: "none" };
+      if (incident.evidence && incident.evidence.explanation) {
+        incident.evidence = Object.assign({}, incident.evidence);
+        delete incident.evidence.explanation;
+      }
+      kvRows($("detail-incident"), incident);
       renderPosts(detail, `Posts behind this alert: ${utc(detail.posts_start)} – ${utc(detail.posts_end)} UTC`);
       renderAlerts();
     } catch (err) {
       setStatus(`could not load alert ${id}: ${err.message || err}`, true);
     }
+  }
+
+  // The detector's explanation (stream/alert_explanation.py): over-represented terms and hashtags, with
+  // how often each appeared in the incident and the week before; anything else in it stays in the table.
+  function renderExplanation(explanation) {
+    const box = $("detail-explanation");
+    box.textContent = "";
+    const terms = explanation && Array.isArray(explanation.terms) ? explanation.terms : [];
+    const tags = explanation && Array.isArray(explanation.hashtags) ? explanation.hashtags : [];
+    box.hidden = !(terms.length || tags.length || (explanation && explanation.attended_tokens_note));
+    const chips = (items) => items.map((t) => el("span", { class: "term", title:
+      `z = ${Number(t.z).toFixed(1)}; ${t.incident_count} incident posts vs ${t.baseline_count} in the week before` },
+      String(t.term)));
+    if (terms.length) box.append(el("div", {}, el("span", { class: "k" }, "Over-represented terms"), ...chips(terms)));
+    if (tags.length) box.append(el("div", {}, el("span", { class: "k" }, "Hashtags"), ...chips(tags)));
+    if (explanation && explanation.terms_method) box.append(el("p", { class: "hint" }, explanation.terms_method));
   }
 
   async function showBucket(topic, start, end) {
@@ -383,6 +407,7 @@
       state.detail = detail;
       $("detail-title").textContent = `Bucket · ${topic}`;
       $("detail-summary").textContent = `${num(detail.posts_total)} posts from ${utc(detail.start)} to ${utc(detail.end)} UTC.`;
+      renderExplanation(null);
       kvRows($("detail-evidence"), { topic, start: detail.start, end: detail.end, posts: detail.posts_total });
       kvRows($("detail-incident"), { incident: "none (a bucket, not an alert)" });
       renderPosts(detail, "Posts in this bucket");
