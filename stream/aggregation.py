@@ -1,9 +1,10 @@
-"""After a batch is committed: recompute the windows it touched, detect spikes, deliver new alerts.
+"""After a batch is committed: recompute the windows it touched, detect spikes, queue new alerts.
 
 This runs before the batch is acked (see ``BatchProcessor.process``), so a crash between the sink's
 commit and this step replays the batch and runs it again; every part is idempotent (windows are
-recomputed from rows, alerts are unique per topic/window, delivery is tracked in ``alerts.published_at``).
-Alerts that were stored but never delivered (a crash, Kafka down) are picked up on the next batch.
+recomputed from rows, alerts are unique per topic/window/event, and each new alert's delivery is queued
+in the outbox in the same transaction, keyed by alert and destination).  Sending is not done here: the
+worker's ``stream.alert_delivery.AlertDeliverer`` is kicked after the batch and sends in the background.
 
 Windows stay right: a recompute that fails is counted (``sentistream_window_recompute_failures_total``)
 and retried a few times; a database outage is waited out by the pipeline; a failure that outlives the
@@ -17,32 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from stream import metrics
-from stream.alerts import (
-    AlertNotifier,
-    SpikeAlert,
-    SpikeDetector,
-    alert_message,
-    looks_with_history,
-    mark_delivered,
-)
-from stream.db import AlertRow
+from stream.alerts import SpikeAlert, SpikeDetector, looks_with_history
 from stream.incidents import apply_looks, explain_incident
 from stream.sink import DeadLetter, SinkRecord, WriteResult, is_transient
 from stream.windows import TimedTopic, WindowKey, recompute_windows, windows_touched
 
 log = logging.getLogger(__name__)
-
-PublishAlert = Callable[[bytes, bytes], Awaitable[None]]
 TopicPartition = tuple[str, int]
 HOLD = datetime.min.replace(tzinfo=UTC)  # a watermark before every window: nothing closes yet
 
@@ -129,26 +119,25 @@ class WindowAlertStage:
 
     With ``detector=None`` it only recomputes windows: `sentistream rescore` uses that, so scoring
     history with a new model never raises (or delivers) alerts about the past.  ``attempts`` bounds the
-    retries of a failing recompute (see the module docstring); alert delivery failures never fail the
-    batch, the alerts stay stored as undelivered and go out with the next batch.
+    retries of a failing recompute (see the module docstring).  Delivery never fails or holds the batch:
+    ``deliverer`` (an ``AlertDeliverer``) is only kicked, and sends from the outbox in the background.
     """
 
     def __init__(self, engine: Engine, window_lengths_s: Sequence[int], detector: SpikeDetector | None,
-                 notifier: AlertNotifier | None = None, publish_alert: PublishAlert | None = None,
                  executor: Executor | None = None, on_alert: Callable[[SpikeAlert], None] | None = None,
                  watermark: EventTimeWatermark | None = None, attempts: int = 3,
-                 retry_wait_s: float = 0.2, historical_after_s: float | None = None) -> None:
+                 retry_wait_s: float = 0.2, historical_after_s: float | None = None,
+                 deliverer: Any = None) -> None:
         self.engine = engine
         self.window_lengths_s = tuple(window_lengths_s)
         self.detector = detector
-        self.notifier = notifier
-        self.publish_alert = publish_alert
         self.executor = executor
         self.on_alert = on_alert
         self.watermark = watermark or EventTimeWatermark()
         self.attempts = max(1, attempts)
         self.retry_wait_s = retry_wait_s
         self.historical_after_s = historical_after_s  # alerts on older windows: stored, never delivered
+        self.deliverer = deliverer  # stream.alert_delivery.AlertDeliverer: kicked after each batch
 
     async def __call__(self, written: WriteResult, records: Sequence[SinkRecord],
                        dead_letters: Sequence[DeadLetter] = ()) -> None:
@@ -161,11 +150,10 @@ class WindowAlertStage:
                     [r.post], self.window_lengths_s, _count_out_of_range)
         if keys_by_version:
             await self._recompute_with_retries(dict(keys_by_version), self.watermark.current())
-        if self.detector is not None:
-            try:
-                await self.deliver_pending()
-            except Exception:  # noqa: BLE001 - the alerts are stored undelivered; the next batch retries
-                log.exception("could not deliver pending alerts; they stay stored and are retried with the next batch")
+        if self.detector is not None and self.deliverer is not None:
+            # New alerts are in the outbox (same transaction); the deliverer sends them in the background,
+            # so a slow webhook never holds this batch's ack (stream/alert_delivery.py).
+            self.deliverer.kick()
 
     async def _recompute_with_retries(self, keys_by_version: dict[str, set[WindowKey]],
                                       watermark: datetime | None) -> None:
@@ -229,38 +217,6 @@ class WindowAlertStage:
             if self.on_alert is not None:
                 self.on_alert(alert)
         return new
-
-    async def deliver_pending(self) -> None:
-        """Publish to Kafka and POST to the webhook every stored alert not delivered yet (historical
-        alerts, about windows older than ``historical_after_s``, are never delivered)."""
-        loop = asyncio.get_running_loop()
-        pending = await loop.run_in_executor(self.executor, self._pending)
-        for alert, examples in pending:
-            if self.publish_alert is not None:
-                key, value = alert_message(alert)
-                await self.publish_alert(key, value)
-            status = await self.notifier.notify(alert, examples) if self.notifier else "disabled"
-            await loop.run_in_executor(self.executor, self._mark, alert, status)
-
-    def _pending(self) -> list[tuple[SpikeAlert, list[dict[str, Any]]]]:
-        a = AlertRow.__table__
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(a).where(a.c.published_at.is_(None), a.c.historical.is_(False))
-                                .order_by(a.c.id).limit(100)).all()
-        out = []
-        for r in rows:
-            alert = SpikeAlert(topic=r.topic, window_start=r.window_start.astimezone(UTC),
-                               window_seconds=r.window_seconds,
-                               model_version=r.model_version, observed=r.observed, expected=r.expected,
-                               score=r.score, n_posts=r.n_posts, n_negative=r.n_negative,
-                               evidence=r.evidence or {}, kind=r.kind, event=r.event, incident_id=r.incident_id,
-                               alert_id=r.id, historical=r.historical)
-            out.append((alert, (alert.evidence.get("explanation") or {}).get("examples", [])))
-        return out
-
-    def _mark(self, alert: SpikeAlert, status: str) -> None:
-        with self.engine.begin() as conn:
-            mark_delivered(conn, alert, status)
 
 
 def _count_out_of_range(post: TimedTopic, window_seconds: int) -> None:

@@ -109,13 +109,12 @@ def media_stage(fetcher: Any, max_images: int = 4) -> Any:
 
 def build_processor(settings: Settings, database_url: str, *, scorer: Any | None,
                     executor: Executor | None = None, publish_dead_letters: Any = None,
-                    publish_alert: Any = None, media_fetcher: Any = None, watermark: Any = None,
+                    alert_deliverer: Any = None, media_fetcher: Any = None, watermark: Any = None,
                     should_stop: Any = lambda: False, state: WorkerState | None = None,
                     language_gate: LanguageGate | None = None) -> BatchProcessor:
     """Everything the agent needs for one batch; also used by tests and benchmarks without Kafka."""
     gate = language_gate or load_language_gate(settings)
     from stream.aggregation import WindowAlertStage
-    from stream.alerts import AlertNotifier
 
     engine = make_engine(database_url)
     sink = PostgresSink(engine)
@@ -136,8 +135,7 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
 
     windows = WindowAlertStage(
         engine, settings.window_lengths_s, load_spike_detector(settings),
-        notifier=AlertNotifier(settings.alert_webhook_url) if settings.alert_webhook_url else None,
-        publish_alert=publish_alert, executor=executor,
+        executor=executor, deliverer=alert_deliverer,  # the alert outbox's deliverer, kicked after each batch
         on_alert=lambda alert: metrics.ALERTS.labels(alert.kind).inc() if alert.event == "opened" else None,
         watermark=watermark, historical_after_s=settings.alert_historical_after_s,
     )
@@ -177,6 +175,17 @@ def load_spike_detector(settings: Settings) -> Any:
         return spike_detector(settings, load_topics(settings.topics_file) if settings.topics_file else None)
     except (TopicsConfigError, ValueError) as exc:
         raise SettingsError(f"SENTISTREAM_TOPICS_FILE: {exc}") from None
+
+
+def start_alert_delivery(app: faust.App, settings: Settings, database_url: str) -> Any:
+    """The alert outbox's deliverer (stream/alert_delivery.py) on a small engine of its own, woken after
+    every batch and every SENTISTREAM_ALERT_DELIVERY_INTERVAL_S; it stops with the app."""
+    from stream.alert_delivery import AlertDeliverer
+
+    deliverer = AlertDeliverer.from_settings(make_engine(database_url, pool_size=2, max_overflow=0), settings,
+                                             publish=app.sentistream_publish_alert)  # type: ignore[attr-defined]
+    app.add_future(deliverer.run(settings.alert_delivery_interval_s))
+    return deliverer
 
 
 def faust_watermark(app: faust.App, topic: str) -> Any:
@@ -254,11 +263,10 @@ def main(settings: Settings) -> int:
                 settings, resolved.database_url, scorer=scorer, media_fetcher=fetcher, language_gate=language_gate,
                 watermark=faust_watermark(app, settings.topic_raw),
                 publish_dead_letters=app.sentistream_publish_dead_letters,  # type: ignore[attr-defined]
-                publish_alert=app.sentistream_publish_alert,  # type: ignore[attr-defined]
+                alert_deliverer=start_alert_delivery(app, settings, resolved.database_url),
                 should_stop=lambda: batch_must_yield(app), state=state,
             )
 
         log.info("worker consuming %s from %s (embedded=%s)", settings.topic_raw,
                  resolved.broker.bootstrap_servers, resolved.broker.embedded)
         return run_worker(settings, resolved.broker, processor_factory, state)
-

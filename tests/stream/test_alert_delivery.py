@@ -536,3 +536,87 @@ def test_anything_else_is_not_a_duration_or_parses_exactly(spec: str) -> None:
     else:
         assert timedelta(0) < value <= timedelta(days=366)
 
+
+# --------------------------------------------------------------------------------------------------
+# End to end: two real workers, one incident, one webhook delivery
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_workers_deliver_each_alert_once_to_the_webhook_and_kafka(
+        broker: BrokerTarget, embedded_db: str, worker_factory: Any) -> None:
+    """Two `sentistream worker` processes (real Faust producers, real timers) race for the same outbox:
+    every alert reaches the receiver once, signed, and the alerts topic once; nothing is left pending."""
+    from tests.stream.conftest import scalar, wait_for
+
+    ensure_topics(broker, ["posts.raw", "posts.deadletter", "sentiment.alerts"], partitions=4)
+    receiver = Receiver(delay_s=0.2).start()
+    engine = create_engine(embedded_db)
+    try:
+        common = {"scoring": "false", "media_enabled": "false", "alert_webhook_url": receiver.url,
+                  "alert_webhook_secret": SECRET, "alert_delivery_interval_s": "0.5"}
+        workers = [worker_factory(broker, embedded_db, name=f"w{i}", **common) for i in range(2)]
+        logs = lambda: "\n".join(w.log()[-4000:] for w in workers)  # noqa: E731 - a closure for the failure text
+        wait_for(lambda: all("worker consuming" in w.log() for w in workers), 120, "both workers up", logs)
+        time.sleep(2)  # their agents (and deliverers) are running
+        alert_ids = [store_alert(engine, topic=f"topic-{n}", minute=n)[1] for n in range(6)]
+        wait_for(lambda: scalar(embedded_db, "SELECT count(*) FROM alert_deliveries WHERE state = 'delivered'")
+                 == 2 * len(alert_ids), 90, "every alert delivered to both destinations", logs)
+        time.sleep(2)  # both deliverers tick a few more times: nothing may go out again
+        for w in workers:
+            assert w.stop() == 0, w.log()
+        records = read_all(broker, "sentiment.alerts")
+    finally:
+        receiver.stop()
+        engine.dispose()
+    sent = sorted(json.loads(b)["alert_id"] for _, b in receiver.requests)
+    assert sent == sorted(alert_ids)
+    for headers, body in receiver.requests:
+        expected = hmac.new(SECRET.encode(), headers["X-Sentistream-Timestamp"].encode() + b"." + body,
+                            hashlib.sha256).hexdigest()
+        assert headers["X-Sentistream-Signature"] == f"sha256={expected}"
+    assert sorted(json.loads(v)["alert_id"] for _, v in records) == sorted(alert_ids)
+    assert scalar(embedded_db, "SELECT max(attempts) FROM alert_deliveries") == 1
+
+
+@pytest.mark.slow
+def test_two_scoring_workers_one_planted_incident_one_signed_webhook_delivery(
+        broker: BrokerTarget, embedded_db: str, worker_factory: Any) -> None:
+    """The whole path: two workers score a feed with one planted negative burst, the detector opens one
+    incident and queues it in the outbox, and the receiver gets its opening exactly once, signed."""
+    from connectors.post import Post
+    from model.checkpoint import DEFAULT_CHECKPOINT
+    from tests.stream.conftest import scalar, wait_for
+    from tests.stream.test_scoring_e2e import NEGATIVE, POSITIVE, publish
+
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=27)  # recent: not historical
+    posts = [Post(platform="bluesky", post_id=f"spiky-{minute}-{j}", topic="spiky",
+                  text=NEGATIVE[j % 4] if minute == 20 else POSITIVE[(j + 1) % 4],
+                  created_at=start + timedelta(minutes=minute, seconds=2 * j))
+             for minute in range(26) for j in range(24)]
+    receiver = Receiver().start()
+    try:
+        publish(broker, posts)
+        common = {"checkpoint": str(DEFAULT_CHECKPOINT), "media_enabled": "false", "windows": "1m,1h",
+                  "alert_webhook_url": receiver.url, "alert_webhook_secret": SECRET,
+                  "alert_delivery_interval_s": "1"}
+        workers = [worker_factory(broker, embedded_db, name=f"w{i}", **common) for i in range(2)]
+        logs = lambda: "\n".join(w.log()[-4000:] for w in workers)  # noqa: E731 - a closure for the failure text
+        wait_for(lambda: scalar(embedded_db, "SELECT count(*) FROM sentiments") == len(posts), 300,
+                 "every post scored", logs)
+        wait_for(lambda: scalar(embedded_db, "SELECT count(*) FROM alerts WHERE event = 'opened'") == 1
+                 and scalar(embedded_db, "SELECT count(*) FROM alert_deliveries WHERE state = 'pending'") == 0,
+                 120, "one opened alert, nothing pending", logs)
+        time.sleep(3)  # both deliverers tick a few more times: nothing may go out again
+        for w in workers:
+            assert w.stop() == 0, w.log()
+    finally:
+        receiver.stop()
+    opened = [(h, b) for h, b in receiver.requests if json.loads(b)["event"] == "opened"]
+    assert len(opened) == 1, [json.loads(b) for _, b in receiver.requests]
+    headers, body = opened[0]
+    expected = hmac.new(SECRET.encode(), headers["X-Sentistream-Timestamp"].encode() + b"." + body,
+                        hashlib.sha256).hexdigest()
+    assert headers["X-Sentistream-Signature"] == f"sha256={expected}"
+    assert (json.loads(body)["topic"], json.loads(body)["kind"]) == ("spiky", "negative_spike")
+    sent = [json.loads(b)["alert_id"] for _, b in receiver.requests]
+    assert len(sent) == len(set(sent))
