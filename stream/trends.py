@@ -134,15 +134,16 @@ def trend_figure(rows: list[TrendRow], title: str, bucket: str = "minute",
         hollow = [s if t else float("nan") for s, t in zip(shares, thin, strict=True)]
         # The line joins well-sampled buckets only: a thin bucket is a hollow marker, never a swing.
         share_ax.plot(buckets, solid, color=colour, linewidth=1.6, marker="o", markersize=3.5, label=topic)
-        share_ax.plot(buckets, hollow, linestyle="none", marker="o", markersize=5, color=colour, markerfacecolor="white",
-                      markeredgecolor=colour, markeredgewidth=1.2)
-        if len(by_topic) <= 3:  # more intervals than that hide each other
-            bands = [wilson_interval(series[b].n_negative, series[b].n_scored) if b in series else None
-                     for b in buckets]
+        share_ax.plot(buckets, hollow, linestyle="none", marker="o", markersize=4.5, color=colour,
+                      markerfacecolor="white", markeredgecolor=colour, markeredgewidth=1.0, alpha=0.6)
+        if len(by_topic) <= 3:  # more intervals than that hide each other; a thin bucket's spans most of 0-1
+            bands = [wilson_interval(series[b].n_negative, series[b].n_scored) if b in series and not t else None
+                     for b, t in zip(buckets, thin, strict=True)]
             shown = [(b, band) for b, band in zip(buckets, bands, strict=True) if band is not None]
             if shown:
                 share_ax.vlines([b for b, _ in shown], [band[0] for _, band in shown],
-                                [band[1] for _, band in shown], color=colour, alpha=0.35, linewidth=3)
+                                [band[1] for _, band in shown], color=colour, alpha=0.35,
+                                linewidth=min(3.0, max(1.0, 300 / len(buckets))))
         volume_ax.plot(buckets, volumes, color=colour, linewidth=1.4, marker=".", markersize=4, label=topic)
     share_ax.set_ylim(-0.02, 1.02)
     share_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
