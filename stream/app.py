@@ -159,7 +159,8 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
         snapshot = state.health.snapshot()
         snapshot["model_version"] = state.model_version
         snapshot["counts"] = {"batches": state.batches, "posts_written": state.posts_written,
-                              "dead_letters": state.dead_letters}
+                              "dead_letters": state.dead_letters,
+                              "broker_epoch_resets": state.broker_epoch_resets}
         return web.json(snapshot, status=200 if state.health.healthy else 503)
 
     @app.page("/metrics")

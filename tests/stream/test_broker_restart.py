@@ -116,6 +116,7 @@ def test_broker_restarted_under_a_running_worker_loses_no_acknowledged_post(
                  "committed offsets at the new log's end", lambda: str(committed_lag(target, "sentistream-worker")))
         health = requests.get(f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}/health", timeout=5)
         assert health.status_code == 200, health.text
+        assert health.json()["counts"]["broker_epoch_resets"] >= 4, health.text  # every partition re-read
         assert worker.stop() == 0, worker.log()
     finally:
         worker.proc.send_signal(signal.SIGCONT)
