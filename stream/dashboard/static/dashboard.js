@@ -106,7 +106,7 @@
   function renderCompare(topics) {
     const box = $("compare-chart");
     const t = topics.length ? topics[0].t : [];
-    const data = [t, ...topics.map((tp) => tp.negative_share)];
+    const data = [t, ...topics.map((tp) => solidShare(tp))];
     const key = topics.map((tp) => tp.topic).join("\u0000");
     if (charts.compare && charts.compare.key === key) {
       charts.compare.chart.setData(data);
@@ -137,7 +137,13 @@
   }
 
   function solidShare(tp) {
-    return tp.negative_share.map((v, i) => (tp.thin[i] ? null : v));
+    return wellSampled(tp, tp.negative_share);
+  }
+
+  // A thin bucket's share swings between 0 and 100 % and its interval spans most of that: the line, the
+  // band and the whiskers are drawn through well-sampled buckets only; thin ones are hollow points.
+  function wellSampled(tp, values) {
+    return values.map((v, i) => (tp.thin[i] ? null : v));
   }
 
   function alertWindows(topic) {
@@ -170,7 +176,8 @@
     }
     topics.forEach((tp, i) => {
       const color = PALETTE[i % PALETTE.length];
-      const shareData = [tp.t, tp.negative_share, tp.low, tp.high, solidShare(tp), thinPoints(tp)];
+      const shareData = [tp.t, solidShare(tp), wellSampled(tp, tp.low), wellSampled(tp, tp.high), solidShare(tp),
+                         thinPoints(tp)];
       const volumeData = [tp.t, tp.n_posts];
       let entry = charts.topics.get(tp.topic);
       if (!entry) {
@@ -340,10 +347,21 @@
     }
   }
 
+  // Nested objects (the detector's evidence) become dotted keys, two levels deep; lists stay JSON.
+  function flatten(obj, prefix, depth) {
+    const out = [];
+    Object.entries(obj || {}).forEach(([k, v]) => {
+      const key = prefix ? `${prefix}.${k}` : k;
+      if (v && typeof v === "object" && !Array.isArray(v) && depth < 2) out.push(...flatten(v, key, depth + 1));
+      else out.push([key, v]);
+    });
+    return out;
+  }
+
   function kvRows(table, obj, skip) {
     const body = table.querySelector("tbody");
     body.textContent = "";
-    Object.entries(obj || {}).filter(([k]) => !(skip || []).includes(k)).forEach(([k, v]) => {
+    flatten(obj, "", 0).filter(([k]) => !(skip || []).includes(k)).forEach(([k, v]) => {
       let shown = v;
       if (v === null || v === undefined) shown = "–";
       else if (typeof v === "number") shown = Number.isInteger(v) ? num(v) : v.toPrecision(4);
@@ -372,10 +390,7 @@
       Object.entries(a).forEach(([k, v]) => { if (!known.includes(k) && !(k in evidence)) evidence[k] = v; });
       kvRows($("detail-evidence"), evidence);
       const incident = a.incident ? Object.assign({}, a.incident) : { incident: "none" };
-      if (incident.evidence && incident.evidence.explanation) {
-        incident.evidence = Object.assign({}, incident.evidence);
-        delete incident.evidence.explanation;
-      }
+      if (incident.evidence) incident.evidence = "the latest event's, shown on the left";
       kvRows($("detail-incident"), incident);
       renderPosts(detail, `Posts behind this alert: ${utc(detail.posts_start)} – ${utc(detail.posts_end)} UTC`);
       renderAlerts();
