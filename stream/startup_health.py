@@ -4,12 +4,17 @@ Why: start-up can take a while (the database or the broker is not up yet, the mo
 restart policy or an operator polling ``/health`` should see "waiting for broker at HOST:PORT" rather
 than a refused connection, which looks the same as a dead process.  A tiny standard-library HTTP server
 holds the web port until Faust's own web server takes it over (``stop`` frees the port first).
+
+While it is active, SIGTERM (``docker stop``, a restart policy giving up) ends the wait cleanly: exit 0
+through the normal unwinding, so embedded services started so far are stopped, instead of the default
+abrupt termination.  Faust installs its own handlers once it runs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,9 +33,12 @@ class StartupHealth:
         self._started = time.monotonic()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._previous_sigterm: Any = None
 
     def start(self) -> StartupHealth:
         """Serve in a daemon thread; a port already taken is logged and start-up goes on without it."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._stop_waiting)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,8 +78,15 @@ class StartupHealth:
         with self._lock:
             return {**self._status, "seconds_starting": round(time.monotonic() - self._started, 1)}
 
+    def _stop_waiting(self, signum: int, frame: Any) -> None:
+        log.info("SIGTERM while starting (waiting for %s): stopping", self.status()["waiting_for"] or "nothing")
+        raise SystemExit(0)
+
     def stop(self) -> None:
-        """Free the port (Faust's web server binds it next)."""
+        """Free the port (Faust's web server binds it next) and give SIGTERM back to its old handler."""
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()

@@ -408,6 +408,18 @@ def test_a_command_waits_for_a_database_that_comes_up_late(tmp_path, embedded_db
     assert f"cannot reach database at 127.0.0.1:{port}" in done.stderr and "gave up after 2s" in done.stderr
 
 
+def test_sigterm_ends_a_waiting_start_up_cleanly(embedded_db, worker_factory) -> None:
+    port = free_port()
+    worker = worker_factory(BrokerTarget(f"127.0.0.1:{port}", embedded=True), embedded_db, scoring="false")
+    wait_for(lambda: f"cannot reach broker at 127.0.0.1:{port}" in worker.log(), 60, "the waiting line", worker.log)
+    started = time.monotonic()
+    assert worker.stop(timeout_s=20) == 0
+    assert time.monotonic() - started < 20
+    log = worker.log()
+    assert "SIGTERM while starting (waiting for broker): stopping" in log and "Traceback" not in log
+    assert health(worker)[0] == 0  # the port is free again
+
+
 # -- start-up waits and log storms (units) --------------------------------------------------------------
 
 
