@@ -3,8 +3,9 @@
 Every method writes the same posts, each with its sentiment row and, for every third post, one
 media outcome (the shape of a scored batch), into a throwaway database migrated by Alembic:
 
-* ``PostgresSink.write`` — the worker's real sink (multi-row upserts via ``execute_values``), one call
-  (one transaction) per batch;
+* ``PostgresSink.write`` — the worker's real sink, one call (one transaction) per batch, on each of its
+  two bulk paths: COPY into staging tables then ``INSERT ... SELECT ... ON CONFLICT`` ("copy", what
+  batches from 32 posts take) and multi-row upserts via ``execute_values`` ("values");
 * per-row, one commit per batch — the sink's own statements executed one row at a time;
 * per-row, one commit per row — what a sink without batching does.
 
@@ -85,8 +86,8 @@ def batches(records: Sequence[SinkRecord], size: int) -> Iterator[Sequence[SinkR
         yield records[start:start + size]
 
 
-def write_with_sink(engine: Engine, records: Sequence[SinkRecord], batch_size: int) -> None:
-    sink = PostgresSink(engine)
+def write_with_sink(engine: Engine, records: Sequence[SinkRecord], batch_size: int, bulk: str = "auto") -> None:
+    sink = PostgresSink(engine, bulk=bulk)
     for batch in batches(records, batch_size):
         sink.write(batch)
 
@@ -152,8 +153,10 @@ def bench_backend(url: str, records: list[SinkRecord], batch_sizes: Sequence[int
 
     methods: list[tuple[str, Callable[[], None], int]] = []
     for size in batch_sizes:
-        methods.append((f"PostgresSink.write, batches of {size}",
-                        lambda size=size: write_with_sink(engine, records, size), len(records)))
+        for bulk in ("copy", "values"):
+            methods.append((f"PostgresSink.write ({bulk}), batches of {size}",
+                            lambda size=size, bulk=bulk: write_with_sink(engine, records, size, bulk),
+                            len(records)))
         methods.append((f"per-row INSERT ... ON CONFLICT, commit per {size}",
                         lambda size=size: write_per_row(engine, records, size), len(records)))
     if per_row_commit_rows > 0:

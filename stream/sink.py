@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -329,29 +330,41 @@ def _copy_rows(cur: Any, copy_sql: str, rows: Sequence[tuple[Any, ...]]) -> None
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_NEEDS_ESCAPE = re.compile(r"[\\\n\r\t]")
+
+
+def _copy_text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE.search(value) else value
+
+
+def _copy_float(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
+
+
+def _copy_array(value: Sequence[Any]) -> str:
+    return _copy_text(_array_literal(value))
+
+
+# Exact types first (one dict lookup per value: this loop is the COPY path's main cost in Python).
+_COPY_FORMS: dict[type, Callable[[Any], str]] = {
+    str: _copy_text, type(None): lambda _: "\\N", float: _copy_float, int: str, bool: lambda v: "t" if v else "f",
+    datetime: datetime.isoformat, list: _copy_array, tuple: _copy_array,
+}
 
 
 def _copy_field(value: Any) -> str:
     """One value in COPY text format, as psycopg2 would bind it: None is \\N, text is escaped, a list
     is an array literal, floats keep every digit (repr), datetimes are ISO 8601 with their offset."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return _array_literal(value).translate(_COPY_ESCAPES)
+    form = _COPY_FORMS.get(type(value))
+    if form is not None:
+        return form(value)
+    for kind in (bool, str, float, int, datetime, list, tuple):  # subclasses (bool before int)
+        if isinstance(value, kind):
+            return _COPY_FORMS[kind](value)
     raise TypeError(f"no COPY form for {type(value).__name__}")
 
 
