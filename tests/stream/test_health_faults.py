@@ -420,6 +420,36 @@ def test_sigterm_ends_a_waiting_start_up_cleanly(embedded_db, worker_factory) ->
     assert health(worker)[0] == 0  # the port is free again
 
 
+def test_the_connector_reports_undelivered_posts_as_one_counted_warning_not_one_per_post(tmp_path, caplog) -> None:
+    from connectors.publisher import PublishError
+
+    broker = EmbeddedBroker(tmp_path / "broker").start()
+    target = BrokerTarget(broker.bootstrap_servers, embedded=True)
+    ensure_topics(target, ["posts.raw"], partitions=2)
+    publisher = KafkaPublisher(target, topic="posts.raw", flush_timeout_s=5,
+                               producer_overrides={"max_block_ms": 200, "request_timeout_ms": 500,
+                                                   "delivery_timeout_ms": 1000, "retries": 0})
+    posts = make_posts(60, prefix="u")
+    try:
+        publisher.publish(posts[0])
+        publisher.flush()
+        broker.stop()
+        with caplog.at_level(logging.WARNING, logger="connectors.publisher"):
+            for p in posts[1:]:
+                publisher.publish(p)
+            with pytest.raises(PublishError):
+                publisher.flush(timeout_s=4)
+    finally:
+        broker.stop()
+        with contextlib.suppress(PublishError):
+            publisher.close(timeout_s=0)
+    reports = [r.getMessage() for r in caplog.records if "post deliveries failed" in r.getMessage()]
+    assert publisher.unacked == 59
+    assert 1 <= len(reports) <= 3, reports  # one per 10 s window at most, plus the closing one
+    counted = sum(int(r.split()[0]) for r in reports)
+    assert counted >= 59, reports  # every post's failure is counted, none is logged alone
+
+
 # -- start-up waits and log storms (units) --------------------------------------------------------------
 
 
