@@ -297,7 +297,8 @@ NEGATIVE = ["Completely broken again, this is a disgrace", "Worst service ever, 
 
 def test_planted_negative_burst_fires_exactly_one_alert_and_a_steady_feed_none(
         broker, embedded_db, worker_factory, checkpoint) -> None:
-    start = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    # Recent, so the alert is live (not historical) and goes out; the worker stops once it has.
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=27)
     posts: list[Post] = []
     burst_minute = 20
     for minute in range(26):
@@ -313,6 +314,8 @@ def test_planted_negative_burst_fires_exactly_one_alert_and_a_steady_feed_none(
                             windows="1m,1h", alert_min_volume="20")
     wait_for(lambda: int(scalar(embedded_db, "SELECT count(*) FROM sentiments")) == len(posts), 240,
              "every post scored", worker.log)
+    wait_for(lambda: int(scalar(embedded_db, "SELECT count(*) FROM alerts WHERE published_at IS NOT NULL")) >= 1,
+             60, "the alert published on Kafka (by the outbox's deliverer)", worker.log)
     assert worker.stop() == 0, worker.log()
     alerts = scalar(embedded_db, "SELECT json_agg(json_build_array(topic, window_start, window_seconds, "
                                  "published_at IS NOT NULL)) FROM alerts WHERE event = 'opened'")
