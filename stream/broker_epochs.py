@@ -22,6 +22,10 @@ upsert keyed by the post.  A new epoch is recognised two ways, checked every ``e
 * a partition's fetch position is beyond the log end the broker reports (the high-water mark of its last
   fetch response, which Tansu reports correctly, unlike ListOffsets): for brokers whose cluster id is
   fixed.  This one only fires while the new log is still shorter than the old position.
+
+Known gap: messages fetched from the old log but still waiting in Faust's stream buffer when the rewind
+happens are processed and acked afterwards; such an ack can only move a commit past an unprocessed offset
+of the new log if the new log has meanwhile reached that offset and everything below it was acked.
 """
 
 from __future__ import annotations
