@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-NOISY_CLIENT_LOGGERS = ("aiokafka", "kafka")
+# The Kafka clients' reconnect loops, and mode's "Timer ... is overlapping" warning, which repeats every
+# interval while a timer waits on a broker that is gone.
+NOISY_CLIENT_LOGGERS = ("aiokafka", "kafka", "mode.timers")
 DEFAULT_INTERVAL_S = 30.0
 MAX_KINDS = 2_000  # distinct kinds remembered; beyond this the oldest windows are forgotten
 
