@@ -287,8 +287,10 @@ class SpikeDetector:
         """The window length alerts for ``topic`` are decided on.
 
         Configured (``window: 15m``) wins.  Otherwise the shortest length whose usual volume is at least
-        half ``min_volume`` (so a window that doubles its volume can be judged) among the series that
-        finished their warm-up; before any has, the shortest one (nothing can fire during warm-up anyway).
+        three times ``min_volume`` among the series that finished their warm-up (a window of ~30 posts
+        shows a share rising from 0.2 to 0.5 at z ~ 3.5; shorter windows of a quiet topic would only see
+        the loudest incidents: bench/RESULTS.md), else the longest warmed-up one; before any has, the
+        shortest one (nothing can fire during warm-up anyway).
         """
         cfg = self.config_for(topic)
         if cfg.window != AUTO_WINDOW:
@@ -297,7 +299,7 @@ class SpikeDetector:
         warmed = [s for s in ordered if self.baseline_volume(SeriesKey(topic, s, model_version))[1]
                   >= cfg.warmup_windows]
         for s in warmed:
-            if self.baseline_volume(SeriesKey(topic, s, model_version))[0] >= cfg.min_volume / 2:
+            if self.baseline_volume(SeriesKey(topic, s, model_version))[0] >= 3 * cfg.min_volume:
                 return s
         return warmed[-1] if warmed else (ordered[0] if ordered else None)
 
@@ -451,10 +453,11 @@ def seasonal_factor(b: _Baseline, window_start: datetime, window_seconds: int) -
         return 1.0
     history = (window_start - b.first_start).total_seconds()
     how = window_start.weekday() * 24 + window_start.hour
-    if history >= 14 * 86400 and b.hour_of_week.get(how, (1.0, 0))[1] >= 2:
-        return max(b.hour_of_week[how][0], 0.05)
-    if history >= 2 * 86400 and b.hour_of_day.get(window_start.hour, (1.0, 0))[1] >= 2:
-        return max(b.hour_of_day[window_start.hour][0], 0.05)
+    for slots, slot, needed in ((b.hour_of_week, how, 14 * 86400), (b.hour_of_day, window_start.hour, 2 * 86400)):
+        if history >= needed and slots.get(slot, (1.0, 0))[1] >= 2:
+            # Relative to the average slot: factors that drift together would feed back into the level.
+            mean = sum(f for f, _ in slots.values()) / len(slots)
+            return min(max(slots[slot][0] / mean, 0.1), 10.0) if mean > 0 else 1.0
     return 1.0
 
 
@@ -497,10 +500,13 @@ def fold(b: _Baseline, agg: WindowAggregate, alpha: float) -> None:
         b.first_start = agg.window_start
     if agg.window_seconds < 86400 and b.level > 0:
         ratio = n / b.level
+        # An hour's factor moves about 20 % per day whatever the window length: 60 one-minute windows
+        # of an hour must not each move it like a whole day would (their noise would become the factor).
+        floor = 0.2 * min(1.0, agg.window_seconds / 3600)
         for slots, slot in ((b.hour_of_day, agg.window_start.hour),
                             (b.hour_of_week, agg.window_start.weekday() * 24 + agg.window_start.hour)):
             old, seen = slots.get(slot, (1.0, 0))
-            slots[slot] = (ratio if seen == 0 else old + max(0.2, 1.0 / (seen + 1)) * (ratio - old), seen + 1)
+            slots[slot] = (ratio if seen == 0 else old + max(floor, 1.0 / (seen + 1)) * (ratio - old), seen + 1)
     b.windows += 1
 
 

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     windows: tuple[str, ...] = ("1m", "5m", "15m", "1h")  # 5m/15m: quiet topics' alerts are decided on these
     alert_enabled: bool = True  # global default; a topic's `alerts.enabled` in the topics file overrides it
     alert_sensitivity: str = "balanced"  # low | balanced | high: preset thresholds (stream/alerts.py SENSITIVITIES)
-    alert_window: str = "auto"  # detection window per topic: auto = shortest of WINDOWS that usually holds half ALERT_MIN_VOLUME
+    alert_window: str = "auto"  # detection window per topic: auto = shortest of WINDOWS that usually holds 3x ALERT_MIN_VOLUME posts
     alert_min_volume: int = 10
     alert_z_threshold: float | None = None  # None = from the sensitivity preset's false-alert budget per window length; a number fixes it
     alert_cooldown_s: int = 3600

@@ -291,9 +291,15 @@ def test_per_topic_settings_reach_the_detector() -> None:
 
 def test_auto_window_is_the_shortest_that_usually_holds_enough_posts() -> None:
     detector = SpikeDetector(SpikeConfig(min_volume=10))
-    for i in range(60):  # 2 posts a minute: 1m windows hold 2, 5m windows 10
-        detector.looks([_agg("t", i, 2, 0, 60)] + ([_agg("t", i // 5, 10, 2, 300)] if i % 5 == 4 else []))
-    assert detector.detection_window("t", MV, [60, 300]) == 300
+    for i in range(60):  # 8 posts a minute: 1m windows hold 8, 5m windows 40, 15m windows 120
+        detector.looks([_agg("t", i, 8, 1, 60)] + ([_agg("t", i // 5, 40, 8, 300)] if i % 5 == 4 else [])
+                       + ([_agg("t", i // 15, 120, 24, 900)] if i % 15 == 14 else []))
+    assert detector.detection_window("t", MV, [60, 300, 900]) == 300  # the shortest holding 3 x min_volume
+    assert detector.detection_window("t", MV, [60]) == 60  # the only one there is
+    quiet = SpikeDetector(SpikeConfig(min_volume=50))
+    for i in range(60):
+        quiet.looks([_agg("q", i, 8, 1, 60)] + ([_agg("q", i // 5, 40, 8, 300)] if i % 5 == 4 else []))
+    assert quiet.detection_window("q", MV, [60, 300, 3600]) == 300  # none holds 150: the longest warmed up
     assert detector.detection_window("new-topic", MV, [60, 300]) == 60  # nothing known yet: shortest
 
 
