@@ -29,6 +29,8 @@ from stream import db_deadline, metrics
 from stream.batch_yield import batch_must_yield, release_unacked
 from stream.broker_epochs import BrokerEpochWatch, kafka_cluster_id
 from stream.metrics import HealthState, PeriodicSummary
+from stream.micro_batch import adaptive_take
+from stream.overload import OverloadController
 from stream.pipeline import BatchProcessor, RawMessage, unscored_label
 from stream.settings import Settings
 from stream.sink import DeadLetter, is_transient
@@ -51,6 +53,7 @@ class WorkerState:
     database_probe: Callable[[], None] | None = None  # one cheap round trip (SELECT 1), run off the loop
     probe_task: asyncio.Future[None] | None = None
     broker_epoch_resets: int = 0
+    overload: OverloadController | None = None  # built by create_app from the settings when not given
 
 
 ProcessorFactory = Any  # Callable[[faust.App, WorkerState], Awaitable[BatchProcessor]]
@@ -81,6 +84,11 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
                            key_serializer="raw", value_serializer="raw",
                            partitions=settings.topic_partitions)
     state = state or WorkerState()
+    if state.overload is None:
+        state.overload = OverloadController(settings.overload_lag_s, settings.batch_size,
+                                            settings.overload_batch_size,
+                                            on_change=lambda active: metrics.OVERLOAD.set(int(active)))
+    overload = state.overload
     app.sentistream_state = state  # type: ignore[attr-defined]
 
     async def publish_dead_letters(dead: Sequence[DeadLetter]) -> None:
@@ -105,13 +113,17 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
         if state.processor is None:
             state.processor = await processor_factory(app, state)
         processor = state.processor
-        within = settings.batch_latency_ms / 1000.0
-        async for events in stream.noack_take(settings.batch_size, within=within):
+        # Adaptive micro-batches: what is waiting as soon as the model is free, at most batch_size posts
+        # (overload_batch_size in overload mode); never a fixed wait on an idle stream.
+        async for events in adaptive_take(stream, lambda: overload.batch_size, settings.batch_latency_ms / 1000.0):
             messages = [
                 RawMessage(e.message.topic, e.message.partition, e.message.offset,
                            e.message.key, e.message.value, e.message.timestamp)
                 for e in events
             ]
+            overload.observe(m.timestamp for m in messages)  # the mode this batch runs in (pipeline asks it)
+            if overload.last_lag_s is not None:
+                metrics.LAG_SECONDS.set(overload.last_lag_s)
             try:
                 report = await processor.process(messages)
             except Exception as exc:  # noqa: BLE001 - never silent: logged, and red unless we are stopping
@@ -158,6 +170,7 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
     async def health(web: Any, request: Any) -> Any:
         snapshot = state.health.snapshot()
         snapshot["model_version"] = state.model_version
+        snapshot["overload"] = overload.snapshot().as_dict()  # degraded, not down: it never makes /health red
         snapshot["counts"] = {"batches": state.batches, "posts_written": state.posts_written,
                               "dead_letters": state.dead_letters,
                               "broker_epoch_resets": state.broker_epoch_resets}
@@ -306,3 +319,4 @@ def run_worker(settings: Settings, broker: BrokerTarget, processor_factory: Proc
 def default_executor() -> ThreadPoolExecutor:
     """Blocking work (tokenization, inference, psycopg2) runs here so Kafka heartbeats keep flowing."""
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="sentistream")
+

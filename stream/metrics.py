@@ -53,6 +53,10 @@ ALERT_DELIVERIES = Counter(
     "later), expired (gave up at SENTISTREAM_ALERT_DELIVERY_MAX_AGE_S), suppressed (muted/acked/historical), "
     "skipped (destination not configured or not taking the event).",
     ["destination", "outcome"], registry=REGISTRY)
+POSTS_UNSCORED = Counter(
+    "sentistream_posts_unscored_total",
+    "Posts stored without sentiment, by reason (text of posts.unscored_reason before its first ':').",
+    ["reason"], registry=REGISTRY)
 WINDOW_RECOMPUTE_FAILURES = Counter(
     "sentistream_window_recompute_failures_total",
     "Failed attempts to recompute a batch's windows; each is retried, the batch is acked only after one succeeds.",
@@ -61,22 +65,27 @@ WINDOW_OUT_OF_RANGE = Counter(
     "sentistream_window_out_of_range_total",
     "Posts stored in no window: a window of their created_at would start before year 1 (datetime's range).",
     registry=REGISTRY)
-POSTS_UNSCORED = Counter(
-    "sentistream_posts_unscored_total",
-    "Posts stored without sentiment, by reason (text of posts.unscored_reason before its first ':').",
-    ["reason"], registry=REGISTRY)
 SCORER_UP = Gauge("sentistream_scorer_up", "1 when the sentiment model is loaded and scoring.", registry=REGISTRY)
 COMPONENT_UP = Gauge("sentistream_component_up", "1 when a dependency is reachable, per component.",
                      ["component"], registry=REGISTRY)
 
+OVERLOAD = Gauge("sentistream_overload", "1 while the worker is in overload mode (pictures skipped, batches widened).",
+                 registry=REGISTRY)
+LAG_SECONDS = Gauge("sentistream_lag_seconds", "How long the oldest post of the latest batch waited in Kafka.",
+                    registry=REGISTRY)
+
 BATCH_STAGES = ("total", "media", "score", "sink", "windows")
-MEDIA_STATUSES = ("ok", "too_large", "bad_type", "timeout", "blocked", "http_error", "skipped")
+MEDIA_STATUSES = ("ok", "too_large", "bad_type", "timeout", "blocked", "http_error", "skipped",
+                  "skipped_overload")
 COMPONENTS = ("broker", "database", "model")
 
 for _stage in BATCH_STAGES:  # export every series from the start, so dashboards see zeros, not gaps
     BATCH_SECONDS.labels(_stage)
 for _status in MEDIA_STATUSES:
     MEDIA_FETCHES.labels(_status)
+for _destination in ("kafka", "webhook"):
+    for _outcome in ("delivered", "failed", "expired", "suppressed", "skipped"):
+        ALERT_DELIVERIES.labels(_destination, _outcome)
 
 
 def observe_batch(size: int, seconds_by_stage: dict[str, float]) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from connectors.post import Post, PostDecodeError
+from stream.overload import SKIPPED_OVERLOAD
 from stream.sink import DeadLetter, MediaOutcome, PostgresSink, SinkRecord, WriteResult, is_transient
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class BatchProcessor:
         annotate_post: AnnotatePost | None = None,
         on_model_state: Callable[[bool, str | None], None] = lambda up, err: None,
         model_failures_unhealthy: int = 3,
+        media_paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.sink = sink
         self.scorer = scorer
@@ -187,6 +189,7 @@ class BatchProcessor:
         self.on_model_state = on_model_state
         self.model_failures_unhealthy = max(1, model_failures_unhealthy)
         self.model_batch_failures = 0  # consecutive batches in which the model scored nothing
+        self.media_paused = media_paused  # overload mode (stream/overload.py): pictures not fetched
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchReport:
         """Store or dead-letter every message; raises only while the database is down and we stop.
@@ -284,6 +287,8 @@ class BatchProcessor:
     async def _fetch_media(self, posts: Sequence[Post]) -> list[FetchedMedia]:
         if self.media is None or not any(p.image_urls for p in posts):
             return [FetchedMedia() for _ in posts]
+        if self.media_paused():
+            return [skipped_in_overload(p) for p in posts]
         try:
             fetched = await self.media(posts)
             if len(fetched) != len(posts):
@@ -489,6 +494,13 @@ class BatchProcessor:
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+def skipped_in_overload(post: Post) -> FetchedMedia:
+    """Every media item of ``post`` recorded as not fetched because the worker is overloaded."""
+    return FetchedMedia(outcomes=[MediaOutcome(url=m.url, kind=m.kind, status=SKIPPED_OVERLOAD,
+                                               error="worker overloaded: not fetched, post scored without it")
+                                  for m in post.media])
 
 
 def _merge_reports(a: BatchReport, b: BatchReport) -> BatchReport:

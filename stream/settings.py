@@ -63,9 +63,11 @@ class Settings(BaseSettings):
     device: str = "auto"
     torch_threads: int = 0  # 0 = torch's default; 1 wins when cores are shared (bench/RESULTS.md)
     batch_size: int = 64
-    batch_latency_ms: int = 200
-    topics_file: Path | None = None  # topics YAML/TOML whose per-topic `languages` the worker scores; None = English only (stream/language.py)
+    batch_latency_ms: int = 200  # longest a batch keeps gathering posts already fetched once its first post is there; it stops sooner at the first moment nothing more is waiting (stream/micro_batch.py)
+    overload_lag_s: float = 30.0  # overload mode when a batch's oldest post waited longer than this in Kafka: pictures skipped (skipped_overload), batches widened; 0 = never (stream/overload.py)
+    overload_batch_size: int = 256  # posts per batch while in overload mode
     model_failures_unhealthy: int = 3  # consecutive batches in which the model scored nothing before /health says the model is down
+    topics_file: Path | None = None  # topics YAML/TOML whose per-topic `languages` the worker scores; None = English only (stream/language.py)
 
     # Media fetching (untrusted URLs).
     media_enabled: bool = True
@@ -101,6 +103,7 @@ class Settings(BaseSettings):
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     log_level: str = "info"
+    epoch_check_interval_s: float = 1.0  # how often the worker checks for a partition whose position is beyond the log end (a restarted broker) and re-reads it
     stall_after_s: float = 45.0  # an assigned partition whose committed offset stands still this long while its log end is ahead turns /health red
     broker_down_unhealthy_s: float = 20.0  # /health turns red once the broker has not answered the log end query this long
     db_down_unhealthy_s: float = 20.0  # /health turns red once the database has been down (or silent) this long; shorter blips stay green
@@ -113,7 +116,6 @@ class Settings(BaseSettings):
     db_keepalives_idle_s: int = 10  # TCP keepalive: idle seconds before the first probe
     db_keepalives_interval_s: int = 5  # TCP keepalive: seconds between probes
     db_keepalives_count: int = 3  # TCP keepalive: unanswered probes before the connection is dropped
-    epoch_check_interval_s: float = 1.0  # how often the worker checks for a partition whose position is beyond the log end (a restarted broker) and re-reads it
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -137,7 +137,8 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
         engine, settings.window_lengths_s, load_spike_detector(settings),
         executor=executor, deliverer=alert_deliverer,  # the alert outbox's deliverer, kicked after each batch
         on_alert=lambda alert: metrics.ALERTS.labels(alert.kind).inc() if alert.event == "opened" else None,
-        watermark=watermark, historical_after_s=settings.alert_historical_after_s,
+        watermark=watermark,
+        historical_after_s=settings.alert_historical_after_s,
     )
     return BatchProcessor(
         sink,
@@ -151,6 +152,7 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
         on_db_state=on_db_state,
         on_model_state=on_model_state,
         model_failures_unhealthy=settings.model_failures_unhealthy,
+        media_paused=lambda: state is not None and state.overload is not None and state.overload.active,
         skip_scoring=gate.reason_to_skip,  # other languages than the topic's: stored, flagged, not scored
         annotate_post=gate.with_detected_language,  # posts.lang = the detected language when untagged
     )
@@ -270,3 +272,4 @@ def main(settings: Settings) -> int:
         log.info("worker consuming %s from %s (embedded=%s)", settings.topic_raw,
                  resolved.broker.bootstrap_servers, resolved.broker.embedded)
         return run_worker(settings, resolved.broker, processor_factory, state)
+
