@@ -32,6 +32,7 @@ BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 MAX_BUCKETS = 2000  # per topic and request: a year of minutes would be half a million points per line
 MAX_POSTS = 200  # posts listed in one drill-down (the total is reported beside them)
 MAX_ALERTS = 500  # alert events in one timeline
+MAX_TOPIC_CHARS = 500  # a topic named in a request (PostgreSQL text holds no NUL either)
 
 
 class QueryError(ValueError):
@@ -58,18 +59,33 @@ class Span:
     def ending_at(cls, now: datetime, since: str, bucket: str) -> Span:
         if bucket not in BUCKETS:
             raise QueryError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
-        try:
-            seconds = window_seconds(since)
-        except ValueError as exc:
-            raise QueryError(f"since: {exc}") from None
-        if seconds > 3660 * 86400:
-            raise QueryError("since: at most ten years")
+        seconds = span_seconds(since)
         first, last = _truncate(now - timedelta(seconds=seconds), bucket), _truncate(now, bucket)
         n = (last - first) // timedelta(seconds=BUCKETS[bucket]) + 1
         if n > MAX_BUCKETS:
             raise QueryError(f"{since} of {bucket} buckets is {n} points per topic; at most {MAX_BUCKETS}: "
                              "choose a coarser bucket")
         return cls(bucket, first, last)
+
+
+def span_seconds(since: str) -> int:
+    """A span like '24h' or '7d' from a URL, in seconds; at most ten years."""
+    try:
+        seconds = window_seconds(since)
+    except ValueError as exc:
+        raise QueryError(f"since: {exc}") from None
+    if seconds > 3660 * 86400:
+        raise QueryError("since: at most ten years")
+    return seconds
+
+
+def checked_topic(topic: str | None) -> str | None:
+    """A topic from a URL as a query parameter: refused when no stored topic could be it."""
+    if topic is None:
+        return None
+    if "\x00" in topic or len(topic) > MAX_TOPIC_CHARS:
+        raise QueryError(f"topic must be text of at most {MAX_TOPIC_CHARS} characters without NUL")
+    return topic
 
 
 def _truncate(moment: datetime, bucket: str) -> datetime:
@@ -161,7 +177,7 @@ class DashboardReader:
         """Per topic, column arrays for the charts: volume, share with its Wilson band, thin flags."""
         span = Span.ending_at(now or datetime.now(UTC), since, bucket)
         params = {"unit": bucket, "first": span.first, "last": span.last, "end": span.end,
-                  "step": f"{BUCKETS[bucket]} seconds", "topic": topic or None}
+                  "step": f"{BUCKETS[bucket]} seconds", "topic": checked_topic(topic or None)}
         with self.read_only() as conn:
             rows = conn.execute(text(_SERIES_SQL), params).all()
         topics: dict[str, dict[str, list[Any]]] = {}
@@ -186,13 +202,9 @@ class DashboardReader:
     def alerts(self, *, since: str = "24h", topic: str | None = None, now: datetime | None = None,
                limit: int = MAX_ALERTS) -> dict[str, Any]:
         """Alert events newest first, every column as stored (evidence included), with their incident."""
-        try:
-            seconds = window_seconds(since)
-        except ValueError as exc:
-            raise QueryError(f"since: {exc}") from None
-        first = (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        first = (now or datetime.now(UTC)) - timedelta(seconds=span_seconds(since))
         with self.read_only() as conn:
-            rows = conn.execute(text(_ALERTS_SQL), {"first": first, "topic": topic or None,
+            rows = conn.execute(text(_ALERTS_SQL), {"first": first, "topic": checked_topic(topic or None),
                                                     "limit": max(1, min(limit, MAX_ALERTS))}).all()
         return {"alerts": [_alert_json(alert, incident) for alert, incident in rows]}
 
@@ -213,6 +225,7 @@ class DashboardReader:
         """The posts of one topic in [start, end): what a click on a bucket of a chart lists."""
         if end <= start:
             raise QueryError("end must be after start")
+        topic = checked_topic(topic) or ""
         with self.read_only() as conn:
             posts, total = _posts(conn, topic=topic, start=start, end=end, model_version=None, limit=limit)
         return {"topic": topic, "start": start.isoformat(), "end": end.isoformat(), "posts": posts,

@@ -66,7 +66,12 @@ def run(reader: DashboardReader, host: str, port: int, refresh_s: float, on_read
 
 @web.middleware
 async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # an unknown path or method: the API answers JSON there too
+        if not request.path.startswith("/api/"):
+            raise
+        response = _error(exc.status, exc.reason)
     response.headers.update(_SECURITY_HEADERS)
     if request.path.startswith("/api/"):
         response.headers["Cache-Control"] = "no-store"

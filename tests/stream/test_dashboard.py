@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg2.errors
 import pytest
 import requests
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -206,6 +206,42 @@ def test_api_bucket_posts_and_series_match_the_read_model(seeded) -> None:
         got = _by_bucket(topic)
         for hour, numbers in data.hours[topic["topic"]].items():
             assert got[hour] == numbers
+
+
+HOSTILE_PARAMS = st.text(max_size=40) | st.sampled_from(
+    ["\x00", "1h\x00", "99999999999999999999d", "-1h", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z",
+     "'; DROP TABLE posts; --", "%", "1e400", "nan", "hour ", "Minute", "2026-13-01T00:00:00Z"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/api/series", "/api/alerts", "/api/posts", "/api/alerts/"]),
+       params=st.dictionaries(st.sampled_from(["since", "bucket", "topic", "start", "end"]), HOSTILE_PARAMS,
+                              max_size=5),
+       alert_id=HOSTILE_PARAMS)
+def test_any_query_string_gets_json_with_200_400_or_404_never_a_server_error(api_base: str, path: str,
+                                                                              params: dict, alert_id: str) -> None:
+    url = api_base + path + (requests.utils.quote(alert_id, safe="") if path.endswith("/") else "")
+    answer = requests.get(url, params=params, timeout=60)
+    assert answer.status_code in (200, 400, 404), (url, params, answer.status_code, answer.text[:300])
+    assert isinstance(answer.json(), dict)
+
+
+@pytest.fixture(scope="module")
+def api_base(embedded_postgres) -> str:
+    """One served dashboard over one seeded database (embedded server) for the property test's examples."""
+    from stream.migrate import upgrade
+    from tests.conftest import create_database, drop_database
+
+    url = create_database(embedded_postgres.sqlalchemy_url("postgres"))
+    upgrade(url)
+    engine = make_engine(url)
+    seed(engine)
+    try:
+        with served(DashboardReader(engine)) as base:
+            yield base
+    finally:
+        engine.dispose()
+        drop_database(url)
 
 
 def test_the_page_is_served_offline_with_its_vendored_chart_library(seeded) -> None:
