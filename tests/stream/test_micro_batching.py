@@ -72,3 +72,60 @@ def test_a_burst_fills_batches_to_the_size_bound(broker, embedded_db, worker_fac
     assert n // size <= batches <= n // size + 3, f"{batches:.0f} batches for {n} posts at size {size}"
     assert health(base)["overload"]["active"] is False
     assert worker.stop() == 0, worker.log()
+
+
+def _jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (30, 160, 90)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_a_backlog_older_than_the_overload_lag_is_scored_text_only_then_pictures_come_back(
+        broker, embedded_db, worker_factory) -> None:
+    import time
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from connectors.post import MediaRef
+    from model.checkpoint import DEFAULT_CHECKPOINT
+    from tests.stream.local_http import LocalServer, send
+
+    picture = _jpeg()
+    lag_s = 8.0
+    with LocalServer({"/pic.jpg": lambda h, n: send(h, 200, picture, "image/jpeg")}) as pictures:
+        backlog = [Post(platform="twitter", post_id=f"old{i}", text=f"an old post with a picture {i}",
+                        created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+                        media=(MediaRef(pictures.url(f"/pic.jpg?i={i}")),)) for i in range(10)]
+        publish(broker, backlog)
+        time.sleep(lag_s + 1)  # the backlog is now older than the overload threshold
+        worker = worker_factory(broker, embedded_db, checkpoint=str(Path(DEFAULT_CHECKPOINT)),
+                                media_allow_hosts=f"127.0.0.1:{pictures.port}", overload_lag_s=str(lag_s))
+        base = f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}"
+        wait_for(lambda: int(scalar(embedded_db, "SELECT count(*) FROM sentiments")) == 10, 180,
+                 "the backlog scored", worker.log)
+        statuses = scalar(embedded_db, "SELECT json_agg(DISTINCT status) FROM post_media")
+        assert statuses == ["skipped_overload"]
+        assert scalar(embedded_db, "SELECT json_agg(DISTINCT modalities) FROM sentiments") == [["text"]]
+        assert pictures.hits["/pic.jpg"] == 0, "pictures were fetched in overload mode"
+        state = health(base)
+        assert state["status"] == "ok" and state["overload"]["active"] is True, state  # degraded, not down
+        assert state["overload"]["episodes"] == 1 and state["overload"]["lag_s"] > lag_s
+        assert metric(base, "sentistream_overload") == 1
+        assert metric(base, 'sentistream_media_fetches_total{status="skipped_overload"}') == 10
+
+        # Caught up: a fresh post waits far less than a quarter of the threshold, so its picture is used.
+        publish(broker, [Post(platform="twitter", post_id="fresh", text="a fresh post with a picture",
+                              created_at=datetime(2026, 11, 25, 12, 1, tzinfo=UTC),
+                              media=(MediaRef(pictures.url("/pic.jpg?i=fresh")),))])
+        wait_for(lambda: int(scalar(embedded_db, "SELECT count(*) FROM sentiments")) == 11, 60,
+                 "the fresh post scored", worker.log)
+        assert scalar(embedded_db, "SELECT m.status FROM post_media m JOIN posts p ON p.id = m.post_pk "
+                                   "WHERE p.post_id = 'fresh'") == "ok"
+        assert scalar(embedded_db, "SELECT s.modalities FROM sentiments s JOIN posts p ON p.id = s.post_pk "
+                                   "WHERE p.post_id = 'fresh'") == ["text", "image"]
+        assert health(base)["overload"]["active"] is False and metric(base, "sentistream_overload") == 0
+        assert worker.stop() == 0, worker.log()
