@@ -13,14 +13,16 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from connectors.post import Post
 from stream.dashboard.read_model import DashboardReader
 from stream.migrate import make_engine
-from tests.stream.dashboard_data import HOSTILE_TEXT, seed, served
+from stream.sink import PostgresSink, SinkRecord
+from tests.stream.dashboard_data import HOSTILE_TEXT, Verdict, seed, served
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -61,6 +63,7 @@ def _wait(predicate, timeout: float = 60.0, what: str = "condition") -> object:
 
 def test_page_draws_the_right_numbers_and_drills_into_an_alerts_posts(browser, migrated_db: str,
                                                                       tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     engine = make_engine(migrated_db)
@@ -114,10 +117,27 @@ def test_page_draws_the_right_numbers_and_drills_into_an_alerts_posts(browser, m
             assert "z_binomial" in evidence and "note_from_a_newer_detector" in evidence
             assert "image" in browser.find_element(By.CSS_SELECTOR, "#detail-posts tr[data-post-id='x1']").text
 
-            # live refresh: a new post shows up without reloading the page
-            before = browser.execute_script("return Number(document.body.dataset.loaded)")
-            _wait(lambda: browser.execute_script("return Number(document.body.dataset.loaded)") > before,
-                  timeout=30, what="a live refresh")
+            # a click on a bucket of a topic's chart lists that bucket's posts: the burst hour of skyways
+            burst_hour = int(data.window_start.replace(minute=0, second=0).timestamp())
+            over = browser.find_element(By.CSS_SELECTOR, "article.card[data-topic='skyways'] .share-chart .u-over")
+            x, width = browser.execute_script(
+                "const u = window.sentistream.charts.topics.get('skyways').share;"
+                "return [u.valToPos(arguments[0], 'x'), u.over.getBoundingClientRect().width];", burst_hour)
+            ActionChains(browser).move_to_element_with_offset(over, int(x - width / 2), 0).click().perform()
+            _wait(lambda: "Bucket" in browser.find_element(By.ID, "detail-title").text, what="the bucket's posts")
+            bucket_ids = {r.get_attribute("data-post-id")
+                          for r in browser.find_elements(By.CSS_SELECTOR, "#detail-posts tbody tr")}
+            assert bucket_ids == data.incident_post_ids | {"late"}  # the burst and the post after it, that hour
+
+            # live refresh: a post written now shows up on the page without a reload
+            PostgresSink(engine).write([SinkRecord(
+                Post(platform="mastodon", post_id="fresh", text="arrived while the page was open", topic="acme-phone",
+                     created_at=datetime.now(UTC) - timedelta(minutes=1)), sentiment=Verdict("negative", -1.0))])
+            _wait(lambda: browser.execute_script(
+                "return window.sentistream.state.series.topics.find(t => t.topic === 'acme-phone').total_posts")
+                == acme_total + 1, timeout=60, what="the live refresh to show the new post")
+            assert acme_card.find_element(By.CSS_SELECTOR, ".stats").get_attribute("data-total-posts") == \
+                str(acme_total + 1)
             shot = tmp_path / "dashboard.png"
             browser.execute_script("window.scrollTo(0, 0)")
             assert browser.save_screenshot(str(shot))

@@ -502,6 +502,6 @@
     charts.topics.clear();
   }
 
-  window.sentistream = { state, refresh: load, showAlert, showBucket };
+  window.sentistream = { state, charts, refresh: load, showAlert, showBucket };
   document.addEventListener("DOMContentLoaded", start);
 })();
