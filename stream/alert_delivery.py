@@ -37,6 +37,7 @@ import hmac
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -152,49 +153,68 @@ def alert_summary(payload: Mapping[str, Any]) -> str:
             f"window from {payload['window']['start'][:16].replace('T', ' ')} UTC, score {n['score']:.1f}")
 
 
-def _example_lines(explanation: Mapping[str, Any], limit: int = 5) -> list[str]:
-    """Example posts from whatever list of posts the explanation carries (texts only, trimmed)."""
+def slack_escape(value: object) -> str:
+    """Post text is hostile: Slack reads ``<!channel>``, ``<@U…>`` and ``<url|label>`` in mrkdwn, so a post
+    could page a whole channel or dress up a link.  Escaping ``& < >`` (Slack's rule) makes it plain text."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_SAFE_URL = re.compile(r"https?://[^\s<>|&]{1,500}")
+
+
+def _explanation_part(evidence: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The detector stores its explanation (terms, examples) under ``explanation``; older rows at the top."""
+    inner = evidence.get("explanation")
+    return inner if isinstance(inner, Mapping) else evidence
+
+
+def _example_lines(evidence: Mapping[str, Any], limit: int = 5) -> list[str]:
+    """Example posts from whatever list of posts the explanation carries, escaped and trimmed."""
+    explanation = _explanation_part(evidence)
     for key in ("examples", "example_posts", "posts"):
         items = explanation.get(key)
         if isinstance(items, list):
             lines = []
             for item in items[:limit]:
                 if isinstance(item, Mapping):
-                    where = " ".join(str(item[k]) for k in ("platform", "post_id") if item.get(k))
-                    link = f" <{item['url']}|link>" if isinstance(item.get("url"), str) and item["url"].startswith(
-                        ("http://", "https://")) else ""
-                    lines.append(f"• {str(item.get('text', ''))[:200]} ({where}){link}")
+                    where = " ".join(slack_escape(item[k]) for k in ("platform", "post_id", "author") if item.get(k))
+                    url = item.get("url")
+                    link = f" <{url}|link>" if isinstance(url, str) and _SAFE_URL.fullmatch(url) else ""
+                    lines.append(f"• {slack_escape(str(item.get('text', ''))[:200])} ({where[:200]}){link}")
                 else:
-                    lines.append(f"• {str(item)[:200]}")
+                    lines.append(f"• {slack_escape(str(item)[:200])}")
             return lines
     return []
 
 
-def _term_list(explanation: Mapping[str, Any], limit: int = 10) -> str:
-    for key in ("terms", "top_terms", "over_represented"):
+def _term_list(evidence: Mapping[str, Any], limit: int = 10) -> str:
+    explanation = _explanation_part(evidence)
+    words: list[str] = []
+    for key in ("terms", "hashtags", "top_terms", "over_represented"):
         items = explanation.get(key)
-        if isinstance(items, list) and items:
-            words = [str(t.get("term", t.get("token", ""))) if isinstance(t, Mapping)
-                     else str(t[0] if isinstance(t, list | tuple) and t else t) for t in items[:limit]]
-            return ", ".join(w for w in words if w)
-    return ""
+        if isinstance(items, list):
+            words += [str(t.get("term", t.get("token", ""))) if isinstance(t, Mapping)
+                      else str(t[0] if isinstance(t, list | tuple) and t else t) for t in items[:limit]]
+    unique = list(dict.fromkeys(w[:60] for w in words if w))
+    return slack_escape(", ".join(unique[:limit + 5]))
 
 
 def slack_message(payload: Mapping[str, Any]) -> dict[str, Any]:
     """Slack incoming-webhook JSON built from the v1 payload (``text`` is the notification fallback)."""
     n, w = payload["numbers"], payload["window"]
     fields = [
-        {"type": "mrkdwn", "text": f"*Topic*\n{payload['topic']}"},
+        {"type": "mrkdwn", "text": f"*Topic*\n{slack_escape(payload['topic'])[:500]}"},
         {"type": "mrkdwn", "text": f"*Window*\n{w['start'][:16].replace('T', ' ')} UTC, {w['seconds']} s"},
         {"type": "mrkdwn", "text": f"*Observed*\n{n['observed']:.3g} (baseline {n['expected']:.3g})"},
         {"type": "mrkdwn", "text": f"*Posts*\n{n['n_negative']} negative of {n['n_posts']}"},
         {"type": "mrkdwn", "text": f"*Score*\n{n['score']:.2f}"},
-        {"type": "mrkdwn", "text": f"*Model*\n{payload['model_version']}"},
+        {"type": "mrkdwn", "text": f"*Model*\n{slack_escape(payload['model_version'])[:500]}"},
     ]
     title = f"{str(payload['kind']).replace('_', ' ').capitalize()} ({payload['event']}): {payload['topic']}"
+    title = title.replace("<", "\u2039").replace(">", "\u203a")  # plain_text, and no mention-like text at all
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": payload["summary"][:3000]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(payload["summary"])[:3000]}},
         {"type": "section", "fields": fields},
     ]
     explanation = payload.get("explanation") or {}
@@ -209,8 +229,8 @@ def slack_message(payload: Mapping[str, Any]) -> dict[str, Any]:
            else f"alert {payload['alert_id']}")
     blocks.append({"type": "context", "elements": [
         {"type": "mrkdwn", "text": f"alert {payload['alert_id']} · acknowledge: {ack} · mute the topic: "
-                                   f"`sentistream alerts mute {payload['topic']} --for 2h`"[:3000]}]})
-    return {"text": payload["summary"], "blocks": blocks}
+                                   f"`sentistream alerts mute {slack_escape(payload['topic'])} --for 2h`"[:3000]}]})
+    return {"text": slack_escape(payload["summary"])[:3000], "blocks": blocks}
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -417,10 +437,19 @@ class AlertDeliverer:
         self._pass = asyncio.ensure_future(self._drain())
 
     async def run(self, interval_s: float) -> None:
-        """Kick every ``interval_s`` until cancelled: retries whose time has come go out."""
-        while True:
-            self.kick()
-            await asyncio.sleep(interval_s)
+        """Kick every ``interval_s`` until cancelled: retries whose time has come go out.
+
+        Cancelled (the worker stopping), it cancels a pass in flight too: a row it had claimed keeps its
+        lease and is sent again once the lease ends (at-least-once), by this worker after a restart or
+        by another one.
+        """
+        try:
+            while True:
+                self.kick()
+                await asyncio.sleep(interval_s)
+        finally:
+            if self._pass is not None and not self._pass.done():
+                self._pass.cancel()
 
     async def _drain(self) -> None:
         while True:

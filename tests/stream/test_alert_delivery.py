@@ -38,6 +38,7 @@ from stream.alert_delivery import (
     WebhookSender,
     alert_payload,
     enqueue_alert_delivery,
+    slack_escape,
     slack_message,
 )
 from stream.alerts_cli import AlertsCommandError, parse_duration
@@ -327,8 +328,9 @@ def test_the_signature_verifies_and_the_body_is_the_documented_v1_document(engin
 
 
 def test_slack_format_carries_the_summary_terms_examples_and_the_ack_command(engine: Engine, receiver: Receiver) -> None:
-    evidence = {"terms": [{"term": "outage"}], "examples": [{"platform": "bluesky", "post_id": "p9",
-                                                             "text": "checkin is broken", "url": "https://x.test/9"}]}
+    evidence = {"negative_share": {"observed": 0.7}, "explanation": {  # nested, as the detector stores it
+        "terms": [{"term": "outage"}], "hashtags": [{"term": "#skywaysdown"}],
+        "examples": [{"platform": "bluesky", "post_id": "p9", "text": "checkin is broken", "url": "https://x.test/9"}]}}
     incident_id, _ = store_alert(engine, evidence=evidence)
     deliverer = AlertDeliverer(engine, webhook=WebhookSender(receiver.url, format="slack"), policy=FAST)
     asyncio.run(deliverer.deliver_due())
@@ -337,7 +339,23 @@ def test_slack_format_carries_the_summary_terms_examples_and_the_ack_command(eng
     assert "X-Sentistream-Signature" not in headers  # no secret, no signature
     assert "70% negative" in message["text"]
     flat = json.dumps(message["blocks"])
-    assert "outage" in flat and "checkin is broken" in flat and f"sentistream alerts ack {incident_id}" in flat
+    assert "outage" in flat and "#skywaysdown" in flat and "checkin is broken" in flat and "<https://x.test/9|link>" in flat
+    assert f"sentistream alerts ack {incident_id}" in flat
+
+
+def test_slack_messages_cannot_be_steered_by_post_text() -> None:
+    """A post's text or URL is hostile: no channel-wide ping, no disguised link reaches Slack's mrkdwn."""
+    hostile = {"explanation": {"terms": [{"term": "<!here>"}], "examples": [
+        {"platform": "x", "post_id": "1", "author": "<@U123>", "text": "<!channel> refund & <https://evil.test|bank>",
+         "url": "https://evil.test/a|<!everyone>"},
+        {"platform": "x", "post_id": "2", "text": "ok", "url": "javascript:alert(1)"}]}}
+    row = {"id": 1, "incident_id": 2, "event": "opened", "topic": "<!channel>", "kind": "negative_spike",
+           "model_version": "m", "window_start": T0, "window_seconds": 60, "observed": 0.5, "expected": 0.1,
+           "score": 4.0, "n_posts": 30, "n_negative": 15, "evidence": hostile, "created_at": T0}
+    body = json.dumps(slack_message(alert_payload(row)))
+    for raw in ("<!channel>", "<!here>", "<!everyone>", "<@U123>", "<https://evil", "javascript:"):
+        assert raw not in body, raw
+    assert "&lt;!channel&gt; refund &amp; &lt;https://evil.test|bank&gt;" in body
 
 
 def test_an_unknown_webhook_format_is_refused() -> None:
@@ -391,7 +409,7 @@ def test_any_stored_explanation_renders_in_both_formats_and_signs(evidence: dict
         else:
             assert all(len(b.get("text", {}).get("text", "")) <= 3000 for b in document["blocks"])
             assert len(document["blocks"][0]["text"]["text"]) <= 150
-    assert slack_message(payload)["text"] == payload["summary"]
+    assert slack_message(payload)["text"] == slack_escape(payload["summary"])[:3000]
 
 
 # --------------------------------------------------------------------------------------------------
