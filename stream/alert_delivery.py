@@ -319,6 +319,7 @@ class DeliveryPolicy:
     backoff_base_s: float = 5.0
     backoff_cap_s: float = 600.0
     lease_s: float = 60.0  # longer than one send can take (the webhook timeout), so a live claim never lapses
+    kafka_timeout_s: float = 20.0  # a broker that does not acknowledge the record by then: a failed attempt
     batch: int = 50
 
     def backoff_s(self, attempt: int, retry_after_s: float | None = None) -> float:
@@ -425,7 +426,8 @@ class AlertDeliverer:
                                     format=settings.alert_webhook_format, timeout_s=settings.alert_webhook_timeout_s)
         lease = max(DeliveryPolicy.lease_s, 3 * settings.alert_webhook_timeout_s)
         return cls(engine, publish=publish, webhook=webhook, executor=executor,
-                   policy=DeliveryPolicy(max_age_s=settings.alert_delivery_max_age_s, lease_s=lease))
+                   policy=DeliveryPolicy(max_age_s=settings.alert_delivery_max_age_s, lease_s=lease,
+                                         kafka_timeout_s=lease / 3))
 
     # -- scheduling ---------------------------------------------------------------------------------
 
@@ -479,15 +481,18 @@ class AlertDeliverer:
         return report
 
     async def _send(self, item: Claimed) -> AttemptResult:
-        if item.destination == DESTINATION_WEBHOOK:
-            assert self.webhook is not None  # rows without a sender are closed as skipped at claim time
-            return await self.webhook.send(item.payload, item.delivery_id)
-        assert self.publish is not None
-        key, value = kafka_message(item.payload)
+        """One attempt; whatever goes wrong is its result (recorded, retried), never an exception."""
         try:
-            await self.publish(key, value)
-        except Exception as exc:  # noqa: BLE001 - any producer error is a failed attempt, retried later
-            return AttemptResult(False, "kafka error", f"{type(exc).__name__}: {exc}"[:500])
+            if item.destination == DESTINATION_WEBHOOK:
+                assert self.webhook is not None  # rows without a sender are closed as skipped at claim time
+                return await self.webhook.send(item.payload, item.delivery_id)
+            assert self.publish is not None
+            key, value = kafka_message(item.payload)
+            await asyncio.wait_for(self.publish(key, value), self.policy.kafka_timeout_s)
+        except TimeoutError:
+            return AttemptResult(False, "timeout", f"no acknowledgement within {self.policy.kafka_timeout_s:.0f} s")
+        except Exception as exc:  # noqa: BLE001 - any producer or rendering error is a failed attempt
+            return AttemptResult(False, type(exc).__name__, f"{type(exc).__name__}: {exc}"[:500])
         return AttemptResult(True, "kafka ok")
 
     def _skip_reason(self, destination: str, alert: Mapping[str, Any]) -> tuple[str, str] | None:
