@@ -28,6 +28,7 @@ from torch import Tensor
 
 from model import checkpoint
 from model.config import MODALITIES, ModelConfig
+from model.image_cache import ImageFeatureCache, picture_key
 from model.labels import LABELS
 from model.network import SentimentNet
 
@@ -80,23 +81,41 @@ class PreparedBatch:
     picture_rows: list[int]
     audio: Tensor | None = None
     audio_mask: Tensor | None = None
+    picture_keys: list[str | None] = field(default_factory=list)  # per used picture (as picture_rows)
+    cached_vectors: dict[int, Tensor] = field(default_factory=dict)  # picture index -> vector from the cache
+
+
+DRAFT_SIDE = 256
+"""JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= this, the
+encoder's resize target (model.encoders.RESIZE_SIZE): a 4000 px photo decodes 16-64x fewer pixels."""
 
 
 def _decode_picture(picture: Any) -> Image.Image:
     """A usable RGB PIL image from a PIL image, encoded bytes or a path; raises on anything else."""
     if isinstance(picture, (bytes, bytearray, memoryview)):
-        picture = Image.open(io.BytesIO(bytes(picture)))
+        picture = _checked(Image.open(io.BytesIO(bytes(picture))))
+        if picture.format == "JPEG":
+            picture.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
     elif isinstance(picture, (str, os.PathLike)):
         with Image.open(Path(picture)) as opened:
+            _checked(opened)
+            if opened.format == "JPEG":
+                opened.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
             opened.load()
             picture = opened.copy()
     if not isinstance(picture, Image.Image):
         raise TypeError(f"not a picture: {type(picture).__name__}")
+    _checked(picture)
+    picture.load()
+    return picture.convert("RGB")
+
+
+def _checked(picture: Image.Image) -> Image.Image:
+    """Refuse a picture by its declared size, before its pixels are decoded."""
     width, height = picture.size
     if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
         raise ValueError(f"picture size {width}x{height} refused")
-    picture.load()
-    return picture.convert("RGB")
+    return picture
 
 
 class Scorer:
@@ -104,7 +123,7 @@ class Scorer:
 
     def __init__(self, net: SentimentNet, config: ModelConfig, model_version: str, text_encoder: Any,
                  image_encoder: Any | None, device: torch.device, max_images: int = 1,
-                 encoder_batch_size: int = 32) -> None:
+                 encoder_batch_size: int = 32, image_cache_entries: int = 4096) -> None:
         self.net = net.to(device).eval()
         self.config = config
         self.model_version = model_version
@@ -116,6 +135,7 @@ class Scorer:
         # Hugging Face fast tokenizers raise "Already borrowed" when one instance is used from two
         # threads at once; prepare() is meant to run in worker threads, so tokenisation is serialised.
         self._tokenizer_lock = threading.Lock()
+        self.image_cache = ImageFeatureCache(image_cache_entries)  # reposted pictures cost a hash, not a pass
         if self.text_encoder is not None and self.text_encoder.dim != config.text_dim:
             raise ValueError(f"text encoder dim {self.text_encoder.dim} != checkpoint's {config.text_dim}")
         if self.image_encoder is not None and self.image_encoder.dim != config.visual_dim:
@@ -144,7 +164,9 @@ class Scorer:
 
         net, config, meta = checkpoint.load(path, encoder_top_factory=encoder_top_factory)
         if image_encoder is None and "visual" in config.modalities:
-            image_encoder = ImageEncoder(config.visual_encoder)
+            # Ours alone, so it may be optimised for serving (folded BatchNorms, channels_last); an
+            # encoder passed in may be shared with training and is used as it is.
+            image_encoder = ImageEncoder(config.visual_encoder).optimize_for_inference()
         logger.info("scorer: %s on %s", meta["model_version"], resolved)
         return cls(net, config, str(meta["model_version"]), text_encoder, image_encoder, resolved, max_images)
 
@@ -164,7 +186,8 @@ class Scorer:
             attention_mask = torch.zeros(len(posts), 1, dtype=torch.long)
         text_present = torch.tensor([bool(t.strip()) for t in texts], dtype=torch.bool)
 
-        pixels, rows = [], []
+        pixels, rows, keys = [], [], []
+        cached_vectors: dict[int, Tensor] = {}
         if self.image_encoder is not None:
             for row, post in enumerate(posts):
                 used = 0
@@ -172,11 +195,17 @@ class Scorer:
                     if used >= self.max_images:
                         break
                     try:
-                        pixels.append(self.image_encoder.transform(_decode_picture(picture), train=False))
+                        key = picture_key(picture)
+                        cached = self.image_cache.get(key)
+                        if cached is None:
+                            pixels.append(self.image_encoder.transform(_decode_picture(picture), train=False))
+                        else:
+                            cached_vectors[len(rows)] = cached
                     except Exception as error:  # noqa: BLE001 - any undecodable picture: score without it
                         logger.warning("post %d: picture skipped (%s: %s)", row, type(error).__name__, error)
                         continue
                     rows.append(row)
+                    keys.append(key)
                     used += 1
 
         audio = audio_mask = None
@@ -191,6 +220,8 @@ class Scorer:
             picture_rows=rows,
             audio=audio,
             audio_mask=audio_mask,
+            picture_keys=keys,
+            cached_vectors=cached_vectors,
         )
 
     def _prepare_audio(self, posts: list[ScoreInput]) -> tuple[Tensor, Tensor]:
@@ -256,14 +287,10 @@ class Scorer:
                 text_mask = text_mask & prepared.text_present.to(self.device).unsqueeze(1)
                 batch.update(text=text, text_mask=text_mask)
                 present[:, 0] = text_mask.any(dim=1)
-            if self.image_encoder is not None and prepared.pixels is not None:
+            if self.image_encoder is not None and prepared.picture_rows:
                 visual = torch.zeros(size, self.max_images, self.config.visual_dim, device=self.device)
                 visual_mask = torch.zeros(size, self.max_images, dtype=torch.bool, device=self.device)
-                # In chunks, like the text encoder: activations for 256 pictures at once took 5.6 GB.
-                vectors = torch.cat([
-                    self.image_encoder(chunk.to(self.device)).float()
-                    for chunk in prepared.pixels.split(self.encoder_batch_size)
-                ])
+                vectors = self._picture_vectors(prepared)
                 slot = [0] * size
                 for vector, row in zip(vectors, prepared.picture_rows, strict=True):
                     visual[row, slot[row]] = vector
@@ -290,6 +317,26 @@ class Scorer:
                 model_version=self.model_version,
             ))
         return results
+
+    def _picture_vectors(self, prepared: PreparedBatch) -> list[Tensor]:
+        """One vector per used picture, in order: from the cache, or encoded now (and cached)."""
+        assert self.image_encoder is not None
+        encoded: list[Tensor] = []
+        if prepared.pixels is not None:
+            # In chunks, like the text encoder: activations for 256 pictures at once took 5.6 GB.
+            encoded = list(torch.cat([self.image_encoder(chunk.to(self.device)).float()
+                                      for chunk in prepared.pixels.split(self.encoder_batch_size)]))
+        fresh = iter(encoded)
+        vectors = []
+        for index, key in enumerate(prepared.picture_keys or [None] * len(prepared.picture_rows)):
+            cached = prepared.cached_vectors.get(index)
+            if cached is not None:
+                vectors.append(cached.to(self.device))
+                continue
+            vector = next(fresh)
+            self.image_cache.put(key, vector.detach().to("cpu", copy=True))
+            vectors.append(vector)
+        return vectors
 
     def score(self, posts: list[ScoreInput]) -> list[SentimentResult]:
         """``prepare`` then ``score_prepared``."""

