@@ -638,3 +638,41 @@ def test_two_scoring_workers_one_planted_incident_one_signed_webhook_delivery(
     assert (json.loads(body)["topic"], json.loads(body)["kind"]) == ("spiky", "negative_spike")
     sent = [json.loads(b)["alert_id"] for _, b in receiver.requests]
     assert len(sent) == len(set(sent))
+
+
+@pytest.mark.slow
+def test_a_worker_restarted_while_the_webhook_was_down_delivers_once_it_is_back(
+        broker: BrokerTarget, embedded_db: str, worker_factory: Any) -> None:
+    """The retry schedule lives in the row: a worker fails against a dead receiver and stops; the receiver
+    comes up; a new worker sends the alert once, and both attempts are on record."""
+    from tests.stream.conftest import scalar, wait_for
+
+    ensure_topics(broker, ["posts.raw", "posts.deadletter", "sentiment.alerts"], partitions=4)
+    port = free_port()
+    engine = create_engine(embedded_db)
+    settings_ = {"scoring": "false", "media_enabled": "false", "alert_webhook_url": f"http://127.0.0.1:{port}/hook",
+                 "alert_delivery_interval_s": "0.5", "alert_webhook_timeout_s": "2"}
+    try:
+        first = worker_factory(broker, embedded_db, name="before", **settings_)
+        _, alert_id = store_alert(engine)
+        wait_for(lambda: scalar(embedded_db, "SELECT attempts FROM alert_deliveries WHERE destination = 'webhook'")
+                 == 1, 120, "a failed attempt against the dead receiver", first.log)
+        assert first.stop() == 0, first.log()
+        row = deliveries(engine, alert_id)["webhook"]
+        assert (row["state"], row["delivered_at"]) == ("pending", None) and row["last_error"]
+        assert deliveries(engine, alert_id)["kafka"]["state"] == "delivered"
+
+        receiver = Receiver(port=port).start()
+        try:
+            second = worker_factory(broker, embedded_db, name="after", **settings_)
+            wait_for(lambda: deliveries(engine, alert_id)["webhook"]["state"] == "delivered", 120,
+                     "the webhook delivery after the restart", second.log)
+            time.sleep(2)  # more ticks: nothing goes out again
+            assert second.stop() == 0, second.log()
+        finally:
+            receiver.stop()
+    finally:
+        engine.dispose()
+    assert len(receiver.requests) == 1
+    assert [(a["attempt"], a["outcome"]) for a in attempts(engine, alert_id, "webhook")] == [
+        (1, "failed"), (2, "delivered")]
