@@ -167,6 +167,9 @@ class DashboardReader:
         with self.engine.connect() as conn:
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")  # the first statement of the transaction
             conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")  # date_trunc buckets on UTC boundaries
+            # Compiling these short queries took 550 of 720 ms (14k posts, 24 h by hour): JIT only pays
+            # for long analytic scans.
+            conn.exec_driver_sql("SET LOCAL jit = off")
             try:
                 yield conn
             finally:

@@ -148,6 +148,7 @@ def test_every_query_runs_in_a_read_only_transaction(seeded) -> None:
     with reader.read_only() as conn:
         assert conn.execute(text("SHOW transaction_read_only")).scalar_one() == "on"
         assert conn.execute(text("SHOW TimeZone")).scalar_one() == "UTC"
+        assert conn.execute(text("SHOW jit")).scalar_one() == "off"
         with pytest.raises(DBAPIError) as caught:
             conn.execute(text("DELETE FROM posts"))
     assert isinstance(caught.value.orig, psycopg2.errors.ReadOnlySqlTransaction)
