@@ -356,3 +356,25 @@ def test_webhook_is_retried_until_the_server_accepts() -> None:
         payload = server.json_bodies()[2]
     assert payload == slack_payload(alert)
     assert "acme" in payload["text"] and payload["blocks"][0]["type"] == "header"
+
+
+_ANY = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=8)
+
+
+@given(st.one_of(_ANY, st.fixed_dictionaries({}, optional={
+    "enabled": _ANY, "sensitivity": st.sampled_from(["low", "balanced", "high", "max"]) | _ANY,
+    "cooldown": st.sampled_from(["30m", "2h", "1d", "0s", "-1m", "9999999999999d"]) | _ANY,
+    "min_volume": _ANY, "window": st.sampled_from(["auto", "5m", "0m", "5x"]) | _ANY})))
+@settings(max_examples=200, deadline=None)
+def test_hostile_alert_sections_fail_with_a_clear_error_or_parse(section) -> None:
+    """Whatever a topics file holds under `alerts`, parsing either succeeds or names the place."""
+    try:
+        policy = parse_topics({"topics": {"x": {"keywords": ["x"], "alerts": section}}}).get("x").alerts
+    except TopicsConfigError as exc:
+        assert "topics.x.alerts" in str(exc)
+    else:
+        assert policy.sensitivity in (None, "low", "balanced", "high")
+        assert policy.cooldown_s is None or policy.cooldown_s >= 0
+        assert policy.min_volume is None or policy.min_volume >= 1
