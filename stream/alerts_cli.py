@@ -153,7 +153,8 @@ def _list(engine: Engine, args: argparse.Namespace) -> int:
                i.expected, i.n_posts, i.n_windows, i.historical, i.acked_at, i.acked_by,
                (SELECT string_agg(DISTINCT d.destination || ' ' || d.state, ', ')
                   FROM alerts a JOIN alert_deliveries d ON d.alert_id = a.id WHERE a.incident_id = i.id) AS delivery,
-               (SELECT muted_until FROM alert_mutes m WHERE m.topic = i.topic AND m.muted_until > now()) AS muted
+               (SELECT muted_until FROM alert_mutes m WHERE m.topic = i.topic AND m.muted_until > now()) AS muted,
+               i.evidence -> 'explanation' -> 'terms' AS terms
         FROM alert_incidents i
         WHERE (i.last_window_start >= :since OR i.created_at >= :since OR i.updated_at >= :since)
           AND (CAST(:topic AS text) IS NULL OR i.topic = :topic)
@@ -169,10 +170,13 @@ def _list(engine: Engine, args: argparse.Namespace) -> int:
     for r in rows:
         state = r.status + (", acked" if r.acked_at else "") + (", historical" if r.historical else "") + \
             (", muted" if r.muted else "")
-        table.append([str(r.id), r.topic, r.kind, state, _when(r.started_at), str(r.n_windows),
-                      _figures(r.kind, r.observed, r.expected), str(r.n_posts), r.delivery or "-"])
+        terms = ", ".join(str(t.get("term")) for t in (r.terms if isinstance(r.terms, list) else [])[:3]
+                          if isinstance(t, dict))
+        table.append([str(r.id), _one_line(r.topic, 40), r.kind, state, _when(r.started_at), str(r.n_windows),
+                      _figures(r.kind, r.observed, r.expected), str(r.n_posts), _one_line(terms, 40) or "-",
+                      r.delivery or "-"])
     _out(_table(["ID", "TOPIC", "KIND", "STATE", "STARTED (UTC)", "WINDOWS", "OBSERVED VS BASELINE", "POSTS",
-                 "DELIVERY"], table))
+                 "TOP TERMS", "DELIVERY"], table))
     return 0
 
 
@@ -238,33 +242,65 @@ def _show(engine: Engine, args: argparse.Namespace) -> int:
     for d in i["deliveries"]:
         _out(f"  alert {d['alert_id']:<6} {d['destination']:<8} {d['state']:<10} attempts {d['attempts']}"
              f"{'  delivered ' + _when(d['delivered_at']) if d.get('delivered_at') else ''}"
-             f"{'  next try ' + _when(d['next_attempt_at']) if d['state'] == 'pending' and d['attempts'] else ''}"
-             f"{'  (' + d['last_error'] + ')' if d.get('last_error') and d['state'] != 'delivered' else ''}")
+             f"{'  next try ' + d['next_attempt_at'].strftime('%Y-%m-%d %H:%M:%S') if d['state'] == 'pending' and d['attempts'] else ''}"
+             f"{'  (' + _one_line(d['last_error']) + ')' if d.get('last_error') and d['state'] != 'delivered' else ''}")
         for a in d["attempt_log"]:
             _out(f"      #{a['attempt']} {a['attempted_at']:%Y-%m-%d %H:%M:%S} {a['outcome']:<9} {a['status'] or ''}"
-                 f"{'  ' + a['error'][:160] if a.get('error') else ''}")
+                 f"{'  ' + _one_line(a['error'], 160) if a.get('error') else ''}")
     return 0
 
 
 def _explanation_lines(evidence: Mapping[str, Any]) -> list[str]:
-    """The explanation as readable lines: scalars first, then lists (terms, examples) one item a line."""
+    """The stored evidence as an analyst reads it: why (share and volume against baseline), which terms,
+    which posts; whatever else is stored follows as ``key: value``."""
     if not evidence:
         return ["(none stored)"]
     lines: list[str] = []
-    nested: list[tuple[str, Any]] = []
+    share, volume = evidence.get("negative_share"), evidence.get("volume")
+    if isinstance(share, Mapping) and share.get("observed") is not None:
+        lines.append(f"negative share  {_num(share.get('observed'), '.0%')} vs baseline {_num(share.get('baseline'), '.0%')}"
+                     f" (z binomial {_num(share.get('z_binomial'), '.1f')}, z share {_num(share.get('z_share'), '.1f')})")
+    if isinstance(volume, Mapping) and volume.get("n_posts") is not None:
+        lines.append(f"volume          {volume.get('n_posts')} posts vs {_num(volume.get('expected'), '.1f')} expected "
+                     f"(x{_num(volume.get('ratio'), '.1f')}, z {_num(volume.get('z_count'), '.1f')})")
+    explanation = evidence.get("explanation") if isinstance(evidence.get("explanation"), Mapping) else evidence
+    for key, label in (("terms", "terms"), ("hashtags", "hashtags")):
+        items = explanation.get(key)
+        if isinstance(items, list) and items:
+            shown = [f"{t.get('term')} ({_num(t.get('z'), '.1f')})" if isinstance(t, Mapping) else str(t)
+                     for t in items[:12]]
+            lines.append(f"{label:<15} {', '.join(shown)}")
+    examples = explanation.get("examples")
+    if isinstance(examples, list) and examples:
+        lines.append("most negative posts")
+        for e in examples[:10]:
+            if isinstance(e, Mapping):
+                head = " ".join(str(e[k]) for k in ("created_at", "platform", "post_id") if e.get(k))
+                by = f" by {e['author']}" if e.get("author") else ""
+                lines.append(f"  - [{head}{by}] {_one_line(e.get('text'))}")
+                if e.get("url"):
+                    lines.append(f"    {_one_line(e['url'])}")
+            else:
+                lines.append(f"  - {_one_line(e)}")
+    if "attended_tokens" in explanation:
+        tokens = explanation.get("attended_tokens")
+        lines.append(f"attended tokens {tokens if tokens else explanation.get('attended_tokens_note', 'not available')}")
+    shown_keys = {"negative_share", "volume", "explanation", "terms", "hashtags", "examples", "attended_tokens",
+                  "attended_tokens_note", "incident"}
     for key, value in evidence.items():
-        if isinstance(value, list | dict):
-            nested.append((key, value))
-        else:
-            lines.append(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
-    for key, value in nested:
-        lines.append(f"{key}:")
-        items = value if isinstance(value, list) else [{k: v} for k, v in value.items()]
-        for item in items[:15]:
-            lines.append(f"  - {json.dumps(item, default=str, ensure_ascii=False)[:300]}")
-        if len(items) > 15:
-            lines.append(f"  ... {len(items) - 15} more")
-    return lines
+        if key not in shown_keys and not isinstance(value, list | dict):
+            lines.append(f"{key}: {_num(value, '.4g') if isinstance(value, float) else value}")
+    return lines or ["(none stored)"]
+
+
+def _num(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "?"
+
+
+def _one_line(value: Any, limit: int = 200) -> str:
+    """Post text on one terminal line: control characters (escape sequences too) shown as spaces."""
+    text_ = "".join(c if c.isprintable() else " " for c in str(value))
+    return text_[:limit] + ("…" if len(text_) > limit else "")
 
 
 def _ack(engine: Engine, args: argparse.Namespace) -> int:

@@ -464,8 +464,15 @@ def test_alerts_list_show_ack_mute_from_the_command_line(
         engine: Engine, receiver: Receiver, migrated_db: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SENTISTREAM_DATABASE_URL", migrated_db)
-    evidence = {"terms": [{"term": "outage", "score": 4.2}], "baseline_windows": 30}
+    evidence = {"baseline_windows": 30, "negative_share": {"observed": 0.7, "baseline": 0.2, "z_binomial": 8.1},
+                "explanation": {"terms": [{"term": "outage", "z": 4.2}], "hashtags": [{"term": "#down", "z": 3.0}],
+                                "examples": [{"platform": "bluesky", "post_id": "p1", "author": "ann",
+                                              "created_at": "2026-11-25T08:15:03+00:00", "url": "https://x.test/p1",
+                                              "text": "\x1b[2J\x1b[31mall flights down\nreally"}]}}
     incident_id, alert_id = store_alert(engine, topic="airline", evidence=evidence)
+    with engine.begin() as conn:  # the incident carries the detector's evidence too
+        conn.execute(text("UPDATE alert_incidents SET evidence = CAST(:e AS jsonb) WHERE id = :i"),
+                     {"e": json.dumps(evidence), "i": incident_id})
     with engine.begin() as conn:  # recent, so `list --since 7d` sees it
         conn.execute(text("UPDATE alert_incidents SET last_window_start = now(), started_at = now()"))
     other, _ = store_alert(engine, topic="bank")
@@ -479,6 +486,7 @@ def test_alerts_list_show_ack_mute_from_the_command_line(
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["ID", "TOPIC", "KIND"]
     assert "airline" in out and "bank" in out and "70% vs 20%" in out and "webhook delivered" in out
+    assert "TOP TERMS" in out and "outage" in out
 
     assert cli_main(["alerts", "list", "--state", "open", "--topic", "airline"]) == 0
     out = capsys.readouterr().out
@@ -489,7 +497,10 @@ def test_alerts_list_show_ack_mute_from_the_command_line(
     assert cli_main(["alerts", "show", str(incident_id)]) == 0
     out = capsys.readouterr().out
     assert f"incident {incident_id}: negative_spike in 'airline' (open)" in out
-    assert "outage" in out and "baseline_windows: 30" in out
+    assert "outage (4.2)" in out and "#down (3.0)" in out and "baseline_windows: 30" in out
+    assert "negative share  70% vs baseline 20% (z binomial 8.1" in out
+    assert "by ann] " in out and "all flights down really" in out and "https://x.test/p1" in out
+    assert "\x1b" not in out  # a post cannot drive the analyst's terminal
     assert f"alert {alert_id}" in out and "webhook  delivered" in out and "#1" in out
     assert "kafka    skipped" in out
 
