@@ -178,7 +178,11 @@ def test_a_verb_whose_extra_is_missing_says_which_extra_to_install(
 
     for module in ("model.eval", "model.baselines"):
         monkeypatch.delitem(sys.modules, module, raising=False)
-    monkeypatch.setitem(sys.modules, "vaderSentiment", None)  # import fails as if not installed
+    # Import fails as if not installed; a submodule already imported by an earlier test would otherwise
+    # be found in sys.modules before its missing parent is ever looked at.
+    for module in [m for m in sys.modules if m == "vaderSentiment" or m.startswith("vaderSentiment.")]:
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, "vaderSentiment", None)
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(["model", "eval", "--help"])
     assert exited.value.code == 2
