@@ -242,10 +242,10 @@ def _show(engine: Engine, args: argparse.Namespace) -> int:
     for d in i["deliveries"]:
         _out(f"  alert {d['alert_id']:<6} {d['destination']:<8} {d['state']:<10} attempts {d['attempts']}"
              f"{'  delivered ' + _when(d['delivered_at']) if d.get('delivered_at') else ''}"
-             f"{'  next try ' + d['next_attempt_at'].strftime('%Y-%m-%d %H:%M:%S') if d['state'] == 'pending' and d['attempts'] else ''}"
+             f"{'  next try ' + d['next_attempt_at'].astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S') if d['state'] == 'pending' and d['attempts'] else ''}"
              f"{'  (' + _one_line(d['last_error']) + ')' if d.get('last_error') and d['state'] != 'delivered' else ''}")
         for a in d["attempt_log"]:
-            _out(f"      #{a['attempt']} {a['attempted_at']:%Y-%m-%d %H:%M:%S} {a['outcome']:<9} {a['status'] or ''}"
+            _out(f"      #{a['attempt']} {a['attempted_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} {a['outcome']:<9} {a['status'] or ''}"
                  f"{'  ' + _one_line(a['error'], 160) if a.get('error') else ''}")
     return 0
 
