@@ -1,7 +1,7 @@
 """The ``sentistream`` command: the composition root that hands each subcommand its services.
 
-Subcommands: demo, worker, db (upgrade/downgrade/current), trends, dashboard, rescore, ingest <source>,
-model <verb>.
+Subcommands: demo, worker, db (upgrade/downgrade/current), trends, dashboard, rescore, maintenance retention,
+ingest <source>, model <verb>.
 Settings come from SENTISTREAM_* variables (stream/settings.py); unset broker/database URLs start the
 embedded services.  ``ingest`` and ``model`` are registered by their own packages (connectors.cli,
 model.cli), which receive what they need as arguments and never import this package.
@@ -145,6 +145,13 @@ def cmd_windows(args: argparse.Namespace, settings: Settings) -> int:
     from stream.windows import rebuild_windows
 
     since = datetime.now(UTC) - timedelta(seconds=window_seconds(args.since))
+    if settings.retention_posts_days:  # windows whose posts retention deleted would be rewritten as empty
+        kept_from = datetime.now(UTC) - timedelta(days=settings.retention_posts_days)
+        if since < kept_from:
+            log.warning("rebuilding from %s only: older posts are deleted by SENTISTREAM_RETENTION_POSTS_DAYS=%d "
+                        "and their windows are kept as stored", kept_from.isoformat(timespec="seconds"),
+                        settings.retention_posts_days)
+            since = kept_from
     with services(settings, need_broker=False) as resolved:
         # Finding a long span's windows can outlast a statement timeout meant for the worker's calls.
         engine = make_engine(resolved.database_url,
@@ -162,6 +169,28 @@ def cmd_windows(args: argparse.Namespace, settings: Settings) -> int:
     _out(f"rebuilt {report.windows} windows ({report.changed} rows inserted or changed) of lengths "
          f"{', '.join(settings.windows)} since {since.isoformat(timespec='seconds')} for topic "
          f"{args.topic or '(all)'} and model versions {', '.join(report.model_versions) or '(none scored)'}")
+    return 0
+
+
+def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
+    """`maintenance retention [--dry-run]`: drop old raw payloads / posts (stream/retention.py); run it daily."""
+    from tqdm import tqdm
+
+    from stream.embedded import services
+    from stream.migrate import DatabaseTimeouts, check_schema, make_engine
+    from stream.retention import RetentionPolicy, apply_retention
+
+    policy = RetentionPolicy.from_settings(settings)
+    with services(settings, need_broker=False) as resolved:
+        # Each batch is short, but a dry run counts a year of rows in one statement.
+        engine = make_engine(resolved.database_url,
+                             timeouts=DatabaseTimeouts.from_settings(settings).without_statement_timeout())
+        check_schema(engine)
+        with tqdm(desc="retention", unit="row", file=sys.stderr, disable=not sys.stderr.isatty()) as progress:
+            report = apply_retention(engine, policy, dry_run=args.dry_run, batch_rows=args.batch_rows,
+                                     on_progress=progress.update)
+        engine.dispose()
+    _out(report.summary())
     return 0
 
 
@@ -206,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--model-version", default=None, help="only this model's windows (default: all)")
     rebuild.add_argument("--topic", default=None, help="only this topic (default: all)")
     p.set_defaults(func=cmd_windows)
+
+    p = sub.add_parser("maintenance", help="retention of old posts (run daily from cron or the compose job)")
+    maintenance_sub = p.add_subparsers(dest="maintenance_command", required=True)
+    retention = maintenance_sub.add_parser(
+        "retention", help="drop raw payloads older than SENTISTREAM_RETENTION_RAW_DAYS and posts older than "
+                          "SENTISTREAM_RETENTION_POSTS_DAYS; window aggregates and alerts are kept")
+    retention.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
+    retention.add_argument("--batch-rows", type=int, default=5000, help="rows per transaction (default 5000)")
+    p.set_defaults(func=cmd_maintenance)
 
     from stream.dashboard.cli import register as register_dashboard  # its parser imports nothing heavy
 

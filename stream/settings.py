@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     alert_delivery_interval_s: float = 5.0  # how often the worker looks for deliveries whose retry time has come (also after every batch)
     alert_warmup_windows: int = 5  # baseline windows a topic needs before it can alert
 
+    # Retention (`sentistream maintenance retention`, stream/retention.py); window aggregates and alerts are kept.
+    retention_raw_days: int = 30  # posts.raw (the platform's payload) is set to NULL once the post is older than this; 0 = keep
+    retention_posts_days: int = 0  # posts with their sentiments and media are deleted once older than this (never within the longest window); 0 = keep
+
     # Worker process.
     web_port: int = 6066
     web_host: str = "127.0.0.1"
@@ -166,6 +170,9 @@ class Settings(BaseSettings):
         """Checks across types (ranges, formats) that plain type conversion cannot express."""
         if self.device not in {"auto", "cpu", "cuda"} and not self.device.startswith("cuda:"):
             raise SettingsError(f"{PREFIX}DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("retention_raw_days", "retention_posts_days"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0 (0 = keep)")
         for name in ("topic_partitions", "batch_size", "batch_latency_ms", "media_max_bytes",
                      "media_concurrency", "alert_min_volume"):
             if getattr(self, name) < 1:

@@ -1,0 +1,201 @@
+"""Retention: what an always-on monitor forgets, and when (`sentistream maintenance retention`).
+
+Why: the monitor runs for years, and the bulk of a post row is the platform's raw payload (``posts.raw``),
+which nothing reads after the post was normalised.  So raw payloads go first
+(``SENTISTREAM_RETENTION_RAW_DAYS``, default 30), and whole posts with their sentiments and media only when
+an operator asks for it (``SENTISTREAM_RETENTION_POSTS_DAYS``, default 0 = keep).  What analysts keep
+looking at years later lives elsewhere and is never touched here: ``window_aggregates`` (the per-window
+counts, recomputed from rows only while the rows exist), ``alert_incidents`` and ``alerts`` (their
+evidence is a JSON copy, not a reference to posts).
+
+Safety rules:
+
+* Nothing newer than the longest window (``SENTISTREAM_WINDOWS``) is ever deleted, whatever the
+  setting says: the worker recomputes a window from its rows, and a window that lost some of its rows
+  would be rewritten with smaller counts.
+* Work goes in bounded batches, each its own short transaction that skips rows a worker holds
+  (``FOR UPDATE SKIP LOCKED``), so it runs next to live workers without long locks; a second run finds
+  nothing to do (idempotent), and an interrupted run is resumed by the next one.
+* Raw payloads are walked in (created_at, id) order with a moving lower bound, so each old row is read
+  once per run instead of once per batch.
+
+The job is not started by the worker: run it daily from cron, a Kubernetes CronJob or the compose file
+(README, "Deployment").  A replayed post older than the cut-off is written again by the worker and is
+removed again by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400
+DEFAULT_BATCH_ROWS = 5000  # one transaction: a few ms to a second of locks, never minutes
+
+_RAW_BATCH_SQL = text("""
+WITH batch AS (
+    SELECT id FROM posts
+    WHERE created_at < :cutoff AND created_at >= :after_at AND (created_at, id) > (:after_at, :after_id)
+      AND raw IS NOT NULL
+    ORDER BY created_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE posts p SET raw = NULL FROM batch b WHERE p.id = b.id
+RETURNING p.created_at, p.id
+""")
+
+_RAW_COUNT_SQL = text(
+    "SELECT count(*) FROM posts WHERE created_at < :cutoff AND created_at >= :after_at AND raw IS NOT NULL")
+
+# The children are counted from the statement's snapshot (before the delete); ON DELETE CASCADE removes them.
+_POSTS_BATCH_SQL = text("""
+WITH doomed AS (
+    SELECT id FROM posts WHERE created_at < :cutoff
+    ORDER BY created_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM posts p USING doomed d WHERE p.id = d.id RETURNING p.id
+)
+SELECT (SELECT count(*) FROM gone),
+       (SELECT count(*) FROM sentiments s WHERE s.post_pk IN (SELECT id FROM doomed)),
+       (SELECT count(*) FROM post_media m WHERE m.post_pk IN (SELECT id FROM doomed))
+""")
+
+_POSTS_COUNT_SQL = text("""
+SELECT count(*),
+       (SELECT count(*) FROM sentiments s JOIN posts p ON p.id = s.post_pk WHERE p.created_at < :cutoff),
+       (SELECT count(*) FROM post_media m JOIN posts p ON p.id = m.post_pk WHERE p.created_at < :cutoff)
+FROM posts WHERE created_at < :cutoff
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How many days raw payloads and posts are kept (0 = forever), and the floor no deletion goes below."""
+
+    raw_days: int = 30
+    posts_days: int = 0
+    floor_s: int = 3600  # the longest window length: rows newer than this are never touched
+
+    def __post_init__(self) -> None:
+        if self.raw_days < 0 or self.posts_days < 0 or self.floor_s < 0:
+            raise ValueError("retention days and the floor must be >= 0 (0 days = keep)")
+
+    @classmethod
+    def from_settings(cls, settings: object) -> RetentionPolicy:
+        """The policy of ``stream.settings.Settings`` (its retention fields and longest window)."""
+        lengths = getattr(settings, "window_lengths_s", ()) or (0,)
+        return cls(raw_days=settings.retention_raw_days, posts_days=settings.retention_posts_days,  # type: ignore[attr-defined]
+                   floor_s=max(lengths))
+
+    def _cutoff(self, days: int, now: datetime) -> datetime | None:
+        if days == 0:
+            return None
+        return now - timedelta(seconds=max(days * DAY_S, self.floor_s))
+
+    def raw_cutoff(self, now: datetime) -> datetime | None:
+        """Posts created before this lose their raw payload; None = keep them all."""
+        return self._cutoff(self.raw_days, now)
+
+    def posts_cutoff(self, now: datetime) -> datetime | None:
+        """Posts created before this are deleted with their sentiments and media; None = keep them all."""
+        return self._cutoff(self.posts_days, now)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    """What a run did, or with ``dry_run`` what it would do."""
+
+    dry_run: bool
+    raw_cutoff: datetime | None
+    posts_cutoff: datetime | None
+    raw_dropped: int = 0
+    posts_deleted: int = 0
+    sentiments_deleted: int = 0
+    media_deleted: int = 0
+
+    def summary(self) -> str:
+        verb = "would drop" if self.dry_run else "dropped"
+        verb2 = "would delete" if self.dry_run else "deleted"
+        raw = (f"{verb} {self.raw_dropped} raw payloads of posts created before {self.raw_cutoff.isoformat()}"
+               if self.raw_cutoff else "raw payloads kept (SENTISTREAM_RETENTION_RAW_DAYS=0)")
+        posts = (f"{verb2} {self.posts_deleted} posts, {self.sentiments_deleted} sentiments and "
+                 f"{self.media_deleted} media rows created before {self.posts_cutoff.isoformat()}"
+                 if self.posts_cutoff else "posts kept (SENTISTREAM_RETENTION_POSTS_DAYS=0)")
+        return f"{raw}; {posts}; window aggregates and alerts kept"
+
+
+def apply_retention(engine: Engine, policy: RetentionPolicy, *, now: datetime | None = None,
+                    dry_run: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS,
+                    on_progress: Callable[[int], None] | None = None) -> RetentionReport:
+    """Drop old raw payloads, then delete old posts, in batches of ``batch_rows``; or count with ``dry_run``.
+
+    ``on_progress(rows)`` is called after each batch with the rows that batch changed.  Posts are deleted
+    after their payloads were dropped, so an interrupted run has still done the cheaper half.
+    """
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be >= 1")
+    now = now or datetime.now(UTC)
+    raw_cutoff, posts_cutoff = policy.raw_cutoff(now), policy.posts_cutoff(now)
+    if dry_run:
+        raw = posts = sentiments = media = 0
+        with engine.connect() as conn:
+            if raw_cutoff is not None:
+                # Posts that the deletion removes anyway are counted once, as deleted posts.
+                raw = int(conn.execute(_RAW_COUNT_SQL, {"cutoff": raw_cutoff,
+                                                        "after_at": _raw_floor(posts_cutoff)}).scalar_one())
+            if posts_cutoff is not None:
+                posts, sentiments, media = (int(v) for v in conn.execute(
+                    _POSTS_COUNT_SQL, {"cutoff": posts_cutoff}).one())
+        return RetentionReport(True, raw_cutoff, posts_cutoff, raw, posts, sentiments, media)
+
+    raw = _drop_raw(engine, raw_cutoff, posts_cutoff, batch_rows, on_progress) if raw_cutoff else 0
+    posts = sentiments = media = 0
+    if posts_cutoff is not None:
+        while True:
+            with engine.begin() as conn:
+                n_posts, n_sentiments, n_media = (int(v) for v in conn.execute(
+                    _POSTS_BATCH_SQL, {"cutoff": posts_cutoff, "limit": batch_rows}).one())
+            posts, sentiments, media = posts + n_posts, sentiments + n_sentiments, media + n_media
+            if on_progress is not None and n_posts:
+                on_progress(n_posts)
+            if n_posts < batch_rows:
+                break
+    report = RetentionReport(False, raw_cutoff, posts_cutoff, raw, posts, sentiments, media)
+    log.info("retention: %s", report.summary())
+    return report
+
+
+def _drop_raw(engine: Engine, raw_cutoff: datetime, posts_cutoff: datetime | None, batch_rows: int,
+              on_progress: Callable[[int], None] | None) -> int:
+    """NULL the raw payload of posts created before ``raw_cutoff`` that the deletion will not remove anyway."""
+    after_at, after_id = _raw_floor(posts_cutoff), -(2**63)
+    if after_at >= raw_cutoff:
+        return 0
+    dropped = 0
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(_RAW_BATCH_SQL, {"cutoff": raw_cutoff, "after_at": after_at, "after_id": after_id,
+                                                 "limit": batch_rows}).all()
+        if not rows:
+            return dropped
+        dropped += len(rows)
+        after_at, after_id = max((r.created_at, r.id) for r in rows)
+        if on_progress is not None:
+            on_progress(len(rows))
+        if len(rows) < batch_rows:
+            return dropped
+
+
+def _raw_floor(posts_cutoff: datetime | None) -> datetime:
+    """Where the raw walk starts: rows the post deletion removes next are not worth rewriting first."""
+    return posts_cutoff if posts_cutoff is not None else datetime(1, 1, 1, tzinfo=UTC)
