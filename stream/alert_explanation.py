@@ -27,8 +27,9 @@ from sqlalchemy.engine import Connection
 
 from stream.db import PostRow, SentimentRow
 
-PRIOR_WEIGHT = 500.0  # pseudo-tokens of the pooled corpus in the prior: shrinks rare words toward 0
-MIN_Z = 1.96  # a term listed is over-represented at the 95 % level
+PRIOR_WEIGHT = 500.0  # pseudo-tokens of the pooled corpus in the prior (at most a fifth of the pooled tokens)
+MIN_Z = 1.0  # listed: a clear lead; an incident against a thin baseline (a quiet topic) rarely reaches 1.96
+SIGNIFICANT_Z = 1.96  # flagged ``significant``: over-represented at the 95 % level
 MAX_POSTS = 5000  # posts read per side: the explanation of one incident stays a bounded query
 BASELINE_SPAN = timedelta(days=7)  # the topic's posts before the incident that define "usual" words
 NOT_WORDS = re.compile(r"https?://\S+|www\.\S+|@[\w.]+|&#?\w+;")
@@ -39,7 +40,8 @@ do does doing don't down during each few for from further get got had has have h
 him his how i i'm if in into is it it's its just let me more most my no nor not now of off on once only
 or other our out over own same she should so some such than that that's the their them then there these
 they this those through to too under until up very was we were what when where which while who whom why
-will with would you your yours im ive dont cant its thats via amp rt just really still
+will with would you your yours im ive dont cant its thats via amp rt just really still can't won't didn't
+doesn't isn't wasn't aren't i've i'll you're they're we're there's what's
 """.split())
 
 
@@ -54,8 +56,11 @@ def fightin_words(incident: Iterable[str], baseline: Iterable[str], top: int = 1
                   prior_weight: float = PRIOR_WEIGHT, min_count: int = 2) -> list[dict[str, Any]]:
     """Terms over-represented in ``incident`` texts against ``baseline`` texts, strongest first.
 
-    Each term: ``term``, ``z`` (log-odds ratio over its standard error), ``incident_count``,
-    ``baseline_count``.  Only terms with ``z >= MIN_Z`` and at least ``min_count`` incident occurrences.
+    Each term: ``term``, ``z`` (log-odds ratio over its standard error), ``significant`` (z >= 1.96),
+    ``incident_count``, ``baseline_count`` (posts containing it).  Only terms with ``z >= MIN_Z`` and at
+    least ``min_count`` incident posts.  The prior weighs at most a fifth of the pooled tokens: the
+    sample's outage (89 posts against 35 before it) ranks app, check-in, outage, system, #skywaysdown
+    first, at z 1.1-1.8; a 500-token prior over 1,000 tokens would flatten every difference.
     """
     a = Counter(t for text in incident for t in set(tokens(text)))
     b = Counter(t for text in baseline for t in set(tokens(text)))
@@ -64,6 +69,7 @@ def fightin_words(incident: Iterable[str], baseline: Iterable[str], top: int = 1
     n_pooled = n_a + n_b
     if n_a == 0 or n_pooled == 0:
         return []
+    prior_weight = min(prior_weight, n_pooled / 5)
     out = []
     for term, y_a in a.items():
         if y_a < min_count:
@@ -74,7 +80,8 @@ def fightin_words(incident: Iterable[str], baseline: Iterable[str], top: int = 1
                  - math.log((y_b + alpha_w) / (n_b + prior_weight - y_b - alpha_w)))
         z = delta / math.sqrt(1.0 / (y_a + alpha_w) + 1.0 / (y_b + alpha_w))
         if z >= MIN_Z:
-            out.append({"term": term, "z": round(z, 2), "incident_count": y_a, "baseline_count": y_b})
+            out.append({"term": term, "z": round(z, 2), "significant": z >= SIGNIFICANT_Z,
+                        "incident_count": y_a, "baseline_count": y_b})
     out.sort(key=lambda t: (-t["z"], t["term"]))
     return out[:top]
 

@@ -10,6 +10,7 @@ import json
 import math
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -378,3 +379,15 @@ def test_hostile_alert_sections_fail_with_a_clear_error_or_parse(section) -> Non
         assert policy.sensitivity in (None, "low", "balanced", "high")
         assert policy.cooldown_s is None or policy.cooldown_s >= 0
         assert policy.min_volume is None or policy.min_volume >= 1
+
+
+def test_the_sample_outage_is_explained_by_its_own_words() -> None:
+    """The bundled sample's outage against the posts before it (35): thin, yet its words lead."""
+    lines = (Path(__file__).resolve().parents[2] / "connectors" / "samples" / "sample_posts.jsonl").read_text()
+    posts = [json.loads(line) for line in lines.splitlines() if line.strip()]
+    skyways = [p for p in posts if p["topic"] == "skyways-airline"]
+    outage = [p["text"] for p in skyways if p["raw"]["in_burst"]]
+    before = [p["text"] for p in skyways if p["created_at"] < "2026-03-14T16:30"]
+    terms = [t["term"] for t in fightin_words(outage, before)]
+    assert {"outage", "check-in", "app"} <= set(terms[:5]), terms
+    assert "#skywaysdown" in terms and "skyways" not in terms
