@@ -1,9 +1,11 @@
 """The Faust worker: App -> topics -> the one agent -> run.
 
-The agent reads ``posts.raw`` in micro-batches bounded by size and latency and hands each batch to
-``BatchProcessor`` (stream/pipeline.py).  It uses ``noack_take`` and acks a batch's messages itself,
-only after the batch is committed in PostgreSQL: Faust's plain ``take`` acks a batch even when the loop
-body raises or is cancelled at shutdown, which would commit offsets of posts that were never saved.
+The agent reads ``posts.raw`` in adaptive micro-batches (stream/micro_batch.py: what is waiting as soon
+as the model is free, bounded by size, no fixed wait when idle) and hands each batch to
+``BatchProcessor`` (stream/pipeline.py).  It acks a batch's messages itself, only after the batch is
+committed in PostgreSQL: Faust's plain ``take`` acks a batch even when the loop body raises or is
+cancelled at shutdown, which would commit offsets of posts that were never saved.  Each batch's lag
+feeds the overload controller (stream/overload.py), which sheds pictures while the worker is behind.
 Concurrency stays 1 per worker process (``concurrency > 1`` can commit past a message still in flight,
 faust-streaming #606); scale out with more processes, up to one per partition.
 
