@@ -387,7 +387,9 @@ class SpikeDetector:
         if kind == KIND_NEGATIVE_SPIKE:
             score = min(share["z_binomial"], share["z_share"])
             fires = ready and score >= threshold and share["lift"] >= cfg.min_lift
-            normal = b.windows == 0 or agg.n_posts == 0 or share["z_share"] < cfg.rearm_z
+            # Too thin to show a spike (fewer than half ``min_volume`` posts) counts as back to normal:
+            # otherwise two negative posts in a quiet topic's window would keep an incident open.
+            normal = b.windows == 0 or agg.n_posts < cfg.min_volume / 2 or share["z_share"] < cfg.rearm_z
             observed, expected = share["observed"], b.rate
         else:
             score = min(volume["z_poisson"], volume["z_count"])
