@@ -1,7 +1,8 @@
 """Trend queries for analysts: the ``trend_minute`` / ``trend_hour`` views, rendered as a table.
 
 The views are plain SQL (see migrations/versions/0001), so an analyst gets the same numbers from psql,
-a BI tool or this command.
+a BI tool or this command; the command runs the views' SQL with its filters inside, so it reads only the
+requested span (tests/stream/test_trends_query.py holds it equal to the views).
 """
 
 from __future__ import annotations
@@ -38,20 +39,50 @@ class TrendRow:
     n_with_media: int
 
 
+# The views' SQL (migrations/versions/0001) with the filters inside, before the GROUP BY: a filter on the
+# view's ``bucket`` is a filter on date_trunc(created_at), which no index serves, so every post of the topic
+# was read (1M posts: 0.3-0.8 s for one topic's day, bench/RESULTS.md).  ``created_at >= :since`` is implied by
+# ``date_trunc(created_at) >= :since`` (a bucket starts at or before its posts) and lets PostgreSQL read
+# just the span through ix_posts_topic_created_at / ix_posts_created_at; the rows equal the view's.
+_TREND_SQL = """
+SELECT p.topic,
+       date_trunc('{unit}', p.created_at) AS bucket,
+       count(*)                                        AS n_posts,
+       count(s.label)                                  AS n_scored,
+       count(*) FILTER (WHERE s.label = 'negative')    AS n_negative,
+       count(*) FILTER (WHERE s.label = 'neutral')     AS n_neutral,
+       count(*) FILTER (WHERE s.label = 'positive')    AS n_positive,
+       avg(s.intensity)                                AS mean_intensity,
+       (count(*) FILTER (WHERE s.label = 'negative'))::float / NULLIF(count(s.label), 0) AS negative_share,
+       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM post_media m WHERE m.post_pk = p.id)) AS n_with_media
+FROM posts p
+LEFT JOIN LATERAL (
+    SELECT label, intensity FROM sentiments x
+    WHERE x.post_pk = p.id ORDER BY x.scored_at DESC, x.id DESC LIMIT 1
+) s ON true
+{where}
+GROUP BY p.topic, date_trunc('{unit}', p.created_at)
+ORDER BY p.topic, bucket
+"""
+
+
 def query_trends(engine: Engine, *, topic: str | None, since: str | None, bucket: str = "minute",
                  now: datetime | None = None) -> list[TrendRow]:
-    """Rows of the trend view for one topic (or all), newer than ``since`` (e.g. '1h') before now."""
+    """Rows of the trend view for one topic (or all), newer than ``since`` (e.g. '1h') before now.
+
+    The same rows as ``SELECT ... FROM trend_{bucket} WHERE ...``, read through the posts indexes.
+    """
     if bucket not in {"minute", "hour"}:
         raise ValueError("bucket must be 'minute' or 'hour'")
     clauses, params = [], {}
     if topic:
-        clauses.append("topic = :topic")
+        clauses.append("p.topic = :topic")
         params["topic"] = topic
     if since:
-        clauses.append("bucket >= :since")
+        clauses.append(f"p.created_at >= :since AND date_trunc('{bucket}', p.created_at) >= :since")
         params["since"] = (now or datetime.now().astimezone()) - timedelta(seconds=window_seconds(since))
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = text(f"SELECT {', '.join(COLUMNS)} FROM trend_{bucket} {where} ORDER BY topic, bucket")
+    sql = text(_TREND_SQL.format(unit=bucket, where=where))
     with engine.connect() as conn:
         return [TrendRow(*row) for row in conn.execute(sql, params)]
 
