@@ -143,11 +143,12 @@ class Scorer:
 
     @classmethod
     def from_checkpoint(cls, path: Path | str | None = None, device: str = "auto", max_images: int = 1,
-                        text_encoder: Any = None, image_encoder: Any = None) -> Scorer:
+                        text_encoder: Any = None, image_encoder: Any = None, text_int8: bool = False) -> Scorer:
         """Load a checkpoint (None: the packaged default) and the encoders it was trained on.
 
         ``max_images``: pictures used per post.  The shipped checkpoint learned from single
-        pictures; its multi-frame path is untrained, hence 1.
+        pictures; its multi-frame path is untrained, hence 1.  ``text_int8``: on a CPU, int8 dynamic
+        quantisation of the text encoder it builds (``TextEncoder.quantize_dynamic_int8``).
         """
         from model.encoders import ImageEncoder, TextEncoder
 
@@ -156,6 +157,8 @@ class Scorer:
         encoder_top_factory = None
         if text_encoder is None and "text" in _modalities_of(path):
             text_encoder = TextEncoder(None)
+            if text_int8 and resolved.type == "cpu":
+                text_encoder.quantize_dynamic_int8()
         if text_encoder is not None:
             from model.encoder_top import EncoderTop
 

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     scoring: bool = True  # false: store posts without sentiment (ingest-only workers, plumbing tests)
     checkpoint: Path | None = None  # None = the checkpoint shipped in model/checkpoints/
     device: str = "auto"
+    text_int8: bool = False  # CPU only: int8 dynamic quantisation of the text encoder; faster, but it cost 3 points of TweetEval macro recall (bench/RESULTS.md, bench/quantization.py)
     torch_threads: int = 0  # 0 = torch's default; 1 wins when cores are shared (bench/RESULTS.md)
     batch_size: int = 64
     batch_latency_ms: int = 200  # longest a batch keeps gathering posts already fetched once its first post is there; it stops sooner at the first moment nothing more is waiting (stream/micro_batch.py)
