@@ -174,23 +174,37 @@ def cmd_windows(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     """`maintenance retention [--dry-run]`: drop old raw payloads / posts (stream/retention.py); run it daily."""
+    import time
+
     from tqdm import tqdm
 
     from stream.embedded import services
     from stream.migrate import DatabaseTimeouts, check_schema, make_engine
     from stream.retention import RetentionPolicy, apply_retention
+    from stream.settings import window_seconds
 
     policy = RetentionPolicy.from_settings(settings)
+    every_s = window_seconds(args.every) if args.every else 0
     with services(settings, need_broker=False) as resolved:
         # Each batch is short, but a dry run counts a year of rows in one statement.
         engine = make_engine(resolved.database_url,
                              timeouts=DatabaseTimeouts.from_settings(settings).without_statement_timeout())
         check_schema(engine)
-        with tqdm(desc="retention", unit="row", file=sys.stderr, disable=not sys.stderr.isatty()) as progress:
-            report = apply_retention(engine, policy, dry_run=args.dry_run, batch_rows=args.batch_rows,
-                                     on_progress=progress.update)
+        while True:
+            try:
+                with tqdm(desc="retention", unit="row", file=sys.stderr,
+                          disable=not sys.stderr.isatty()) as progress:
+                    report = apply_retention(engine, policy, dry_run=args.dry_run, batch_rows=args.batch_rows,
+                                             on_progress=progress.update)
+                _out(report.summary())
+            except Exception:  # noqa: BLE001 - a scheduled run retries at the next interval
+                if not every_s:
+                    raise
+                log.exception("retention run failed; next run in %s", args.every)
+            if not every_s:
+                break
+            time.sleep(every_s)
         engine.dispose()
-    _out(report.summary())
     return 0
 
 
@@ -243,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "SENTISTREAM_RETENTION_POSTS_DAYS; window aggregates and alerts are kept")
     retention.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
     retention.add_argument("--batch-rows", type=int, default=5000, help="rows per transaction (default 5000)")
+    retention.add_argument("--every", default=None, metavar="SPAN",
+                           help="run again every SPAN (e.g. 1d) until stopped: the compose `retention` service")
     p.set_defaults(func=cmd_maintenance)
 
     from stream.dashboard.cli import register as register_dashboard  # its parser imports nothing heavy

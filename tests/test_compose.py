@@ -244,7 +244,7 @@ def test_kafka_is_kraft_and_serves_the_address_the_app_uses(services: dict[str, 
             assert listeners[matching[0]].endswith(f":{port}"), "advertised port is not the listening port"
             assert server.split(":")[0] == name
         depends = app.get("depends_on", {})
-        assert name in depends or "kafka-init" in depends or app_name in {"migrate", "trends", "dashboard"}
+        assert name in depends or "kafka-init" in depends or app_name in {"migrate", "trends", "dashboard", "retention"}
 
 
 def test_kafka_init_creates_the_topics_the_app_uses(services: dict[str, dict[str, Any]]) -> None:
