@@ -49,4 +49,4 @@ def test_trends_bench_appends_an_entry_with_every_query(tmp_path) -> None:
     assert sum("dashboard series" in r for r in rows) == 6  # 2 topics x 2 buckets, then the biggest again
     assert sum("sentistream trends" in r for r in rows) == 6
     retention = [r for r in rows if "maintenance retention" in r]
-    assert len(retention) == 1 and "payloads dropped" in retention[0]
+    assert len(retention) == 2 and "| 0 payloads dropped |" in retention[1]
