@@ -30,9 +30,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +95,10 @@ class RetentionPolicy:
             raise ValueError("retention days and the floor must be >= 0 (0 days = keep)")
 
     @classmethod
-    def from_settings(cls, settings: object) -> RetentionPolicy:
-        """The policy of ``stream.settings.Settings`` (its retention fields and longest window)."""
-        lengths = getattr(settings, "window_lengths_s", ()) or (0,)
-        return cls(raw_days=settings.retention_raw_days, posts_days=settings.retention_posts_days,  # type: ignore[attr-defined]
-                   floor_s=max(lengths))
+    def from_settings(cls, settings: Settings) -> RetentionPolicy:
+        """The policy the settings ask for; the floor is the longest of SENTISTREAM_WINDOWS."""
+        return cls(raw_days=settings.retention_raw_days, posts_days=settings.retention_posts_days,
+                   floor_s=max(settings.window_lengths_s, default=0))
 
     def _cutoff(self, days: int, now: datetime) -> datetime | None:
         if days == 0:
