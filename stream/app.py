@@ -126,22 +126,9 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
             overload.observe(m.timestamp for m in messages)  # the mode this batch runs in (pipeline asks it)
             if overload.last_lag_s is not None:
                 metrics.LAG_SECONDS.set(overload.last_lag_s)
-            try:
-                report = await processor.process(messages)
-            except Exception as exc:  # noqa: BLE001 - never silent: logged, and red unless we are stopping
-                # Not acked, and out of Faust's in-flight set: a rebalance or shutdown no longer waits on it.
-                release_unacked(app.consumer, events)
-                if batch_must_yield(app) and is_transient(exc):
-                    log.warning("batch of %d not saved (%s with the database down); not acked, it will be "
-                                "redelivered", len(messages),
-                                "worker stopping" if app.should_stop else "partitions rebalancing")
-                else:
-                    # process() absorbs bad data and waits out outages, so this is a bug: the batch stays
-                    # unacked (its partitions stop committing) until a restart redelivers it.
-                    log.error("batch of %d (%s) failed unexpectedly; not acked, it is redelivered on restart",
-                              len(messages), _offsets(messages), exc_info=exc)
-                    state.health.mark_down("pipeline", f"a batch failed unexpectedly: {type(exc).__name__}: {exc}")
-                continue
+            report = await _process_until_saved(app, state, processor, messages, events)
+            if report is None:
+                continue  # given back unacked: the worker is stopping or its partitions are moving
             for e in events:
                 await stream.ack(e)
             _record(app, state, messages, report)
@@ -185,6 +172,56 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
 
     app.sentistream_agent = score_posts  # type: ignore[attr-defined]
     return app
+
+
+UNEXPECTED_RETRY_MAX_S = 60.0  # cap of the backoff between in-place retries of a batch that failed unexpectedly
+
+
+async def _process_until_saved(app: faust.App, state: WorkerState, processor: BatchProcessor,
+                               messages: Sequence[RawMessage], events: Sequence[Any]) -> Any | None:
+    """Process one batch until it is durable; None when it must be given back unacked instead.
+
+    ``BatchProcessor.process`` absorbs bad data (bisection, dead letters) and waits out a database that
+    is down, so an exception here is not the data's fault: a bug, or a fault the processor does not know
+    to be transient.  Such a batch is never skipped and never acked: the failure is logged with its
+    traceback, ``/health`` turns red (component ``pipeline``), and the same batch is retried in place
+    with capped backoff — so a passing fault heals without a restart, and a lasting one keeps the
+    partition's committed offset where it is, visible as a stall.  While the worker is stopping or its
+    partitions are being revoked, the batch is released from Faust's in-flight set unacked instead, and
+    redelivered from the committed offset to whichever worker owns the partition next.
+    """
+    failures = 0
+    while True:
+        try:
+            report = await processor.process(messages)
+        except Exception as exc:  # noqa: BLE001 - never silent: logged, red, retried or given back
+            if batch_must_yield(app):
+                release_unacked(app.consumer, events)
+                reason = "worker stopping" if app.should_stop else "partitions rebalancing"
+                if is_transient(exc):
+                    log.warning("batch of %d not saved (%s with the database down); not acked, it will be "
+                                "redelivered", len(messages), reason)
+                else:
+                    log.error("batch of %d (%s) failed unexpectedly (%s); not acked, it will be redelivered",
+                              len(messages), _offsets(messages), reason, exc_info=exc)
+                return None
+            failures += 1
+            delay = min(UNEXPECTED_RETRY_MAX_S, 2.0 ** min(failures, 6))
+            state.health.mark_down("pipeline", f"a batch failed unexpectedly {failures} time(s): "
+                                               f"{type(exc).__name__}: {exc}")
+            if failures == 1 or failures % 10 == 0:
+                log.error("batch of %d (%s) failed unexpectedly (failure %d); not acked, retrying it in "
+                          "place every <= %.0fs", len(messages), _offsets(messages), failures,
+                          UNEXPECTED_RETRY_MAX_S, exc_info=exc)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not batch_must_yield(app):
+                await asyncio.sleep(0.25)
+            continue
+        if failures:
+            log.warning("batch of %d (%s) saved after %d failed attempt(s)", len(messages),
+                        _offsets(messages), failures)
+            state.health.mark_up("pipeline")
+        return report
 
 
 def _offsets(messages: Sequence[RawMessage]) -> str:

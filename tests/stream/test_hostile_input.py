@@ -38,7 +38,7 @@ from stream.pipeline import RawMessage, decode_batch
 from stream.sink import PostgresSink, SinkRecord
 from tests.conftest import create_database, drop_database
 from tests.connectors.hostile_posts import JSON_VALUES, HostileCase, hostile_cases, post_like
-from tests.stream.conftest import WorkerProcess, wait_for
+from tests.stream.conftest import WorkerProcess, scalar, wait_for
 
 GROUP = "sentistream-worker"
 PARTITIONS = 4
@@ -264,4 +264,26 @@ def test_a_batch_that_cannot_be_saved_at_all_turns_health_red_and_is_not_acked(b
     assert "Traceback" in log_text
     assert "worker stopping" not in log_text
     assert _committed(broker)[bad.partition] in (None, 0)  # the unsaved message was not acked
+
+    # The fault passes (the grant is restored): the same batch is retried in place and lands, without a
+    # restart; its offset is committed and /health turns green again.
+    engine = create_engine(embedded_db)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse ON dead_letters"))
+    engine.dispose()
+
+    def pipeline_green() -> bool:
+        try:
+            body = requests.get(f"{base}/health", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return False
+        return body.get("components", {}).get("pipeline", {}).get("up") is True
+
+    wait_for(lambda: scalar(embedded_db, "SELECT count(*) FROM dead_letters") == 1, 150,
+             "the retried batch's dead letter", worker.log)
+    assert bytes(scalar(embedded_db, "SELECT payload FROM dead_letters")) == b"{not json"
+    wait_for(pipeline_green, 60, "/health to report the pipeline up again", worker.log)
+    wait_for(lambda: (_committed(broker)[bad.partition] or 0) == bad.offset + 1, 60,
+             "the retried batch's offset to be committed", worker.log)
+    assert "saved after" in worker.log()
     assert worker.stop() == 0, worker.log()
