@@ -39,7 +39,6 @@ rebuilt from ``window_aggregates`` rows (:func:`restore_series`), so a restarted
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,11 +47,8 @@ from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
-import aiohttp
-from sqlalchemy import Integer, Text, column, func, select, true, values
+from sqlalchemy import Integer, Text, column, select, true, values
 from sqlalchemy.engine import Connection
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_base, wait_exponential, wait_random
 
 from stream.db import WindowAggregateRow
 from stream.settings import Settings, window_seconds
@@ -681,148 +677,3 @@ def looks_with_history(conn: Connection, detector: SpikeDetector, aggregates: Se
     now = now or datetime.now(UTC)
     restore_series(conn, detector, unknown, now=now, watermark=watermark)
     return detector.looks(aggregates, now=now, watermark=watermark)
-
-
-# --------------------------------------------------------------------------------------------------
-# Delivery: Kafka message and Slack-compatible webhook
-# --------------------------------------------------------------------------------------------------
-
-def mark_delivered(conn: Connection, alert: SpikeAlert, webhook_status: str) -> None:
-    """Record that an alert went to Kafka (published_at) and what the webhook said."""
-    from stream.db import AlertRow
-
-    a = AlertRow.__table__
-    conn.execute(a.update().where(a.c.id == alert.alert_id).values(published_at=func.now(),
-                                                                   webhook_status=webhook_status))
-
-
-def alert_message(alert: SpikeAlert) -> tuple[bytes, bytes]:
-    """(key, value) for the ``sentiment.alerts`` topic; the key makes a republished alert the same one.
-
-    Schema 2: an incident's event (``event``, ``incident_id``, ``alert_id``) with its explanation in
-    ``evidence.explanation`` (terms, hashtags, example posts) and volume / negative share vs baseline."""
-    value = {"schema_version": 2, **alert.to_dict()}
-    return alert.key.encode(), json.dumps(value, separators=(",", ":"), default=str).encode()
-
-
-def slack_payload(alert: SpikeAlert, examples: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """Slack incoming-webhook JSON (``text`` is the notification fallback, ``blocks`` the message)."""
-    ev = alert.evidence
-    share = ev.get("negative_share", {})
-    fields = [
-        {"type": "mrkdwn", "text": f"*Topic*\n{alert.topic}"},
-        {"type": "mrkdwn", "text": f"*Window*\n{alert.window_start:%Y-%m-%d %H:%M} UTC, {_span(alert.window_seconds)}"},
-        {"type": "mrkdwn", "text": f"*Negative share*\n{share.get('observed', 0):.1%} "
-                                   f"(baseline {share.get('baseline', 0):.1%})"},
-        {"type": "mrkdwn", "text": f"*Posts*\n{alert.n_negative} negative of {alert.n_posts}"},
-        {"type": "mrkdwn", "text": f"*Score*\nz = {alert.score:.2f} ({alert.kind}, {alert.event})"},
-        {"type": "mrkdwn", "text": f"*Volume*\n{ev.get('volume', {}).get('n_posts', alert.n_posts)} posts "
-                                   f"(expected {ev.get('volume', {}).get('expected', 0):.1f})"},
-        {"type": "mrkdwn", "text": f"*Model*\n{alert.model_version}"},
-    ]
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text",
-                                    "text": f"{alert.kind.replace('_', ' ').capitalize()}: {alert.topic}"[:150]}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary()}},
-        {"type": "section", "fields": fields},
-    ]
-    explanation = ev.get("explanation") or {}
-    terms = ", ".join(t["term"] for t in explanation.get("terms", [])[:8])
-    if terms:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Over-represented terms*\n{terms}"[:3000]}})
-    examples = list(examples) or explanation.get("examples", [])
-    if examples:
-        lines = "\n".join(f"• {e.get('text', '')[:200]} ({e.get('platform', '?')} {e.get('post_id', '')}"
-                          f"{', ' + e['url'] if e.get('url') else ''})" for e in examples)
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Most negative posts*\n{lines}"[:3000]}})
-    return {"text": alert.summary(), "blocks": blocks}
-
-
-class _DeliveryFailed(Exception):
-    """One webhook attempt that may succeed later (network error, 5xx, 429 with its Retry-After)."""
-
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after_s = retry_after_s
-
-
-class _DeliveryRejected(Exception):
-    """The webhook refused the request (4xx other than 429): the payload or URL is wrong, retrying won't help."""
-
-
-class _RetryAfterOr(wait_base):
-    """The wait a 429's Retry-After asked for (capped), else the fallback schedule's."""
-
-    def __init__(self, fallback: wait_base, cap_s: float) -> None:
-        self.fallback = fallback
-        self.cap_s = cap_s
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, _DeliveryFailed) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self.cap_s)
-        return self.fallback(retry_state)
-
-
-class AlertNotifier:
-    """POST alerts to an optional Slack-compatible webhook, retrying 5xx/429/network errors with backoff.
-
-    The webhook URL comes from the operator's settings, not from posts, so it is not SSRF-filtered.
-    ``notify`` never raises; it returns the status to store in ``alerts.webhook_status`` and logs the
-    outcome once (INFO when sent, WARNING when it gave up), with the alert's key; retries log at DEBUG.
-    """
-
-    def __init__(self, webhook_url: str | None, *, attempts: int = 4, backoff_s: float = 0.5,
-                 timeout_s: float = 5.0, max_retry_after_s: float = 30.0) -> None:
-        self.webhook_url = webhook_url
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.max_retry_after_s = max_retry_after_s
-
-    async def notify(self, alert: SpikeAlert, examples: Sequence[dict[str, Any]] = ()) -> str:
-        if not self.webhook_url:
-            return "disabled"
-        payload = slack_payload(alert, examples)
-
-        def log_retry(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0.0
-            logger.debug("alert webhook attempt %d for %s failed (%s); retrying in %.1fs",
-                         state.attempt_number, alert.key, exc, delay)
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_DeliveryFailed),
-            stop=stop_after_attempt(max(1, self.attempts)),
-            wait=_RetryAfterOr(wait_exponential(multiplier=self.backoff_s, max=self.max_retry_after_s)
-                               + wait_random(0, self.backoff_s), self.max_retry_after_s),
-            before_sleep=log_retry,
-            reraise=True,
-        )
-        async with aiohttp.ClientSession(timeout=self.timeout) as session:
-            try:
-                await retrying(self._post_once, session, self.webhook_url, payload)
-            except (_DeliveryFailed, _DeliveryRejected) as exc:
-                last = str(exc)
-            else:
-                logger.info("alert %s sent to the webhook (attempt %d)", alert.key,
-                            retrying.statistics.get("attempt_number", 1))
-                return "sent"
-        logger.warning("alert webhook gave up on %s after %d attempt(s): %s", alert.key,
-                       retrying.statistics.get("attempt_number", 1), last)
-        return f"failed: {last}"[:500]
-
-    @staticmethod
-    async def _post_once(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> None:
-        try:
-            async with session.post(url, json=payload) as resp:
-                body = (await resp.text())[:200]
-                if 200 <= resp.status < 300:
-                    return
-                reason = f"HTTP {resp.status}: {body}"
-                if resp.status != 429 and resp.status < 500:
-                    raise _DeliveryRejected(reason)
-                retry_after = resp.headers.get("Retry-After", "")
-                raise _DeliveryFailed(reason, float(retry_after) if retry_after.isdigit() else None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc

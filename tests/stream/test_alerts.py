@@ -1,11 +1,12 @@
 """SpikeDetector and the in-memory incident rules on synthetic feeds (negative share, volume with a daily
-cycle, presets, per-topic settings), Fightin' Words, and the alert's Kafka / webhook formats.
+cycle, presets, per-topic settings) and Fightin' Words.
+
+Delivery (outbox, Kafka message, webhook payloads): tests/stream/test_alert_delivery.py.
 
 The same rules through PostgreSQL, and the worker on the bundled sample: tests/stream/test_incidents.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import random
@@ -21,20 +22,16 @@ from stream.alert_explanation import fightin_words, tokens
 from stream.alerts import (
     KIND_NEGATIVE_SPIKE,
     KIND_VOLUME_SPIKE,
-    AlertNotifier,
     SpikeConfig,
     SpikeDetector,
-    alert_message,
     binomial_sf,
     detect,
     poisson_sf,
-    slack_payload,
     spike_detector,
 )
 from stream.incidents import IncidentBook
 from stream.settings import Settings
 from stream.windows import WindowAggregate
-from tests.stream.local_http import LocalServer, send
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 MV = "mv-test"
@@ -318,45 +315,6 @@ def test_fightin_words_finds_the_planted_terms_not_the_common_ones() -> None:
     assert "skyways" not in terms and "today" not in terms and "flight" not in terms
     assert tokens("See https://x.co/abc @bob THE Outage!! #SkywaysDown") == ["see", "outage", "#skywaysdown"]
     assert fightin_words([], baseline) == [] and fightin_words(["a b"], []) == []
-
-
-# ---------------------------------------------------------------- delivery
-
-
-def _an_alert():
-    feed = [_agg("acme", i, 100, 20) for i in range(15)] + [_agg("acme", 15, 100, 70)]
-    (alert,) = detect(feed)
-    return alert
-
-
-def test_kafka_message_carries_the_alert_and_a_stable_key() -> None:
-    alert = _an_alert()
-    key, value = alert_message(alert)
-    assert key == f"acme:negative_spike:{MV}:{(T0 + timedelta(minutes=15)).isoformat()}:60:opened".encode()
-    body = json.loads(value)
-    assert body["topic"] == "acme" and body["n_negative"] == 70 and body["window_seconds"] == 60
-    assert body["schema_version"] == 2 and body["event"] == "opened" and body["kind"] == "negative_spike"
-    assert body["evidence"]["negative_share"]["z_binomial"] == pytest.approx(
-        alert.evidence["negative_share"]["z_binomial"])
-    assert alert_message(alert) == (key, value)  # deterministic
-
-
-def test_webhook_is_retried_until_the_server_accepts() -> None:
-    alert = _an_alert()
-    routes = {
-        "/hook": lambda h, n: send(h, 500 if n == 1 else 503 if n == 2 else 200, b"ok", "text/plain"),
-        "/bad": lambda h, n: send(h, 400, b"invalid_payload", "text/plain"),
-    }
-    with LocalServer(routes) as server:
-        sent = asyncio.run(AlertNotifier(server.url("/hook"), backoff_s=0.01).notify(alert))
-        bad = asyncio.run(AlertNotifier(server.url("/bad"), backoff_s=0.01).notify(alert))
-        disabled = asyncio.run(AlertNotifier(None).notify(alert))
-        assert sent == "sent" and server.hits["/hook"] == 3
-        assert bad.startswith("failed: HTTP 400") and server.hits["/bad"] == 1  # 4xx: not retried
-        assert disabled == "disabled"
-        payload = server.json_bodies()[2]
-    assert payload == slack_payload(alert)
-    assert "acme" in payload["text"] and payload["blocks"][0]["type"] == "header"
 
 
 _ANY = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
