@@ -59,18 +59,33 @@ class TextEncoder(nn.Module):
         if name_or_path in _PACKAGED_MINILM_NAMES:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             source: str | Path = _default_text_encoder_path()
-            self.name = DEFAULT_TEXT_ENCODER
         else:
             source = name_or_path
-            self.name = Path(name_or_path).name if Path(name_or_path).exists() else name_or_path
+        self.name = self.cache_name(name_or_path)
         self.max_length = max_length
         quiet_library_progress_bars()  # no "Loading weights" bar in a worker's log file
-        self.tokenizer = AutoTokenizer.from_pretrained(str(source))
-        self.model = AutoModel.from_pretrained(str(source))
+        try:  # local files only: a worker must never stall on a download, nor train on a surprise one
+            self.tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(source), local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise FileNotFoundError(
+                f"text encoder {name_or_path!r} is not available offline ({str(error).splitlines()[0][:200]}); "
+                "put its files in the Hugging Face cache or pass a local folder, or use the packaged "
+                f"{DEFAULT_TEXT_ENCODER!r}"
+            ) from error
         self.model.eval()
         self.dim: int = int(self.model.config.hidden_size)
         self.num_layers: int = int(self.model.config.num_hidden_layers)
         self.int8 = False  # see quantize_dynamic_int8
+
+    @staticmethod
+    def cache_name(name_or_path: str | None) -> str:
+        """The short name features are cached under (``model.features``), without loading anything:
+        "minilm-l6" for the packaged encoder, a local folder's own name, else the name as given."""
+        if name_or_path in _PACKAGED_MINILM_NAMES:
+            return DEFAULT_TEXT_ENCODER
+        assert name_or_path is not None
+        return Path(name_or_path).name if Path(name_or_path).exists() else name_or_path
 
     def quantize_dynamic_int8(self) -> TextEncoder:
         """CPU serving only: int8 weights for every Linear layer, activations quantised on the fly

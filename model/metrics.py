@@ -236,6 +236,21 @@ def mean_absolute_error(y_true, y_pred) -> float:
     return float(np.mean(np.abs(true - pred))) if true.size else 0.0
 
 
+def macro_mean_absolute_error(y_true, y_pred, classes: Sequence[float] | None = None) -> float:
+    """MAE^M, SemEval-2016 Task 4C's official metric: the MAE within each gold class, averaged over
+    the classes, so the rare -2/+2 tweets weigh as much as the many 0s (a constant 0 cannot score well).
+
+    ``classes`` (default: the distinct gold values) lists the classes to average over; a listed class
+    with no gold item is left out, as the task's scorer does.  0.0 for an empty set.
+    """
+    true, pred = _check_real_pair(y_true, y_pred)
+    if true.size == 0:
+        return 0.0
+    wanted = np.unique(true) if classes is None else np.asarray(classes, dtype=np.float64)
+    per_class = [np.mean(np.abs(true[true == c] - pred[true == c])) for c in wanted if np.any(true == c)]
+    return float(np.mean(per_class)) if per_class else 0.0
+
+
 def mean_squared_error(y_true, y_pred) -> float:
     """Mean (y - y_hat)^2; 0.0 for an empty set."""
     true, pred = _check_real_pair(y_true, y_pred)

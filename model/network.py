@@ -161,12 +161,31 @@ class SentimentNet(nn.Module):
         return branch.token_weights(weights, mask)
 
     def loss(self, logits: Tensor, intensity: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        """Cross-entropy (class-weighted if configured) + intensity_weight * smooth-L1 on intensity."""
+        """Cross-entropy (class-weighted if configured) + intensity_weight * smooth-L1 on intensity.
+
+        Multitask batches mix posts with only one of the two labels: a label < 0 has no class, and
+        ``intensity_mask`` (B,) marks the rows whose ``intensity`` is real; each loss is the mean over
+        its own labelled rows (0 when there are none).  Without an ``intensity`` key the regression
+        target is the label-derived proxy for every row (the older, circular set-up).
+        """
         labels = batch["label"].long()
-        loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights)
+        has_class = labels >= 0
+        safe_labels = labels.clamp(min=0)
+        if bool(has_class.all()):
+            loss = F.cross_entropy(logits.float(), safe_labels, weight=self.class_weights)
+        elif bool(has_class.any()):
+            loss = F.cross_entropy(logits.float()[has_class], safe_labels[has_class], weight=self.class_weights)
+        else:
+            loss = logits.float().sum() * 0.0
         if self.config.intensity_weight > 0:
             target = batch.get("intensity")
+            rows = batch.get("intensity_mask")
             if target is None:
-                target = label_intensity_proxy(labels)
-            loss = loss + self.config.intensity_weight * F.smooth_l1_loss(intensity.float(), target.float())
+                target, rows = label_intensity_proxy(safe_labels), has_class
+            elif rows is None:
+                rows = torch.ones_like(labels, dtype=torch.bool)
+            rows = rows.bool()
+            if bool(rows.any()):
+                loss = loss + self.config.intensity_weight * F.smooth_l1_loss(
+                    intensity.float()[rows], target.float()[rows])
         return loss

@@ -136,8 +136,15 @@ class Scorer:
         # threads at once; prepare() is meant to run in worker threads, so tokenisation is serialised.
         self._tokenizer_lock = threading.Lock()
         self.image_cache = ImageFeatureCache(image_cache_entries)  # reposted pictures cost a hash, not a pass
+        trained_on = _cache_name(config.text_encoder)
+        if self.text_encoder is not None and getattr(self.text_encoder, "name", trained_on) != trained_on:
+            raise ValueError(f"text encoder {self.text_encoder.name!r} is not the checkpoint's {config.text_encoder!r}")
         if self.text_encoder is not None and self.text_encoder.dim != config.text_dim:
             raise ValueError(f"text encoder dim {self.text_encoder.dim} != checkpoint's {config.text_dim}")
+        if self.image_encoder is not None and getattr(self.image_encoder, "name", config.visual_encoder) != \
+                config.visual_encoder:
+            raise ValueError(f"image encoder {self.image_encoder.name!r} is not the checkpoint's "
+                             f"{config.visual_encoder!r}")
         if self.image_encoder is not None and self.image_encoder.dim != config.visual_dim:
             raise ValueError(f"image encoder dim {self.image_encoder.dim} != checkpoint's {config.visual_dim}")
 
@@ -156,7 +163,7 @@ class Scorer:
                                 else ("cpu" if device == "auto" else device))
         encoder_top_factory = None
         if text_encoder is None and "text" in _modalities_of(path):
-            text_encoder = TextEncoder(None)
+            text_encoder = TextEncoder(_text_encoder_of(path))  # the one it was trained on
             if text_int8 and resolved.type == "cpu":
                 text_encoder.quantize_dynamic_int8()
         if text_encoder is not None:
@@ -345,6 +352,42 @@ class Scorer:
         """``prepare`` then ``score_prepared``."""
         return self.score_prepared(self.prepare(list(posts)))
 
+    def attended_words(self, texts: list[str], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per text, the ``top_k`` words the text branch's attention pooling weighed most, heaviest first.
+
+        An alert's example posts show what the model read them by (issue #11).  The weights are the
+        network's own ``token_attention`` on the text alone, as ``sentistream model explain`` draws them:
+        word pieces merged into words by the same ``model.explain.merge_word_pieces``; special tokens
+        and bare punctuation dropped (they carry no meaning an analyst can check); a word seen twice
+        sums its weights.  One text-only forward pass: meant for a handful of posts, not for serving.
+        """
+        from model.explain import merge_word_pieces
+
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        if not texts or self.text_encoder is None or "text" not in self.config.modalities:
+            return [[] for _ in texts]
+        prepared = self.prepare([ScoreInput(t) for t in texts])
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            text, text_mask = self._encode_texts(prepared)
+            text_mask = text_mask & prepared.text_present.to(self.device).unsqueeze(1)
+            present = torch.zeros(len(texts), len(MODALITIES), dtype=torch.bool, device=self.device)
+            present[:, 0] = text_mask.any(dim=1)
+            attention = self.net({"text": text, "text_mask": text_mask, "present": present}
+                                 ).token_attention.float().cpu()
+        special = set(self.text_encoder.tokenizer.all_special_tokens)
+        out: list[list[tuple[str, float]]] = []
+        for row in range(len(texts)):
+            length = int(text_mask[row].sum())
+            ids = prepared.input_ids[row, :length].tolist()
+            pieces = self.text_encoder.tokenizer.convert_ids_to_tokens(ids)
+            words, weights = merge_word_pieces(pieces, attention[row, :length].numpy())
+            summed: dict[str, float] = {}
+            for word, weight in zip(words, weights, strict=True):
+                if word not in special and any(ch.isalnum() for ch in word):
+                    summed[word] = summed.get(word, 0.0) + float(weight)
+            out.append(sorted(summed.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k])
+        return out
+
 
 def _modalities_of(path: Path | str | None) -> tuple[str, ...]:
     """The modalities a checkpoint was built with, read without building the network."""
@@ -353,3 +396,18 @@ def _modalities_of(path: Path | str | None) -> tuple[str, ...]:
         raise checkpoint.CheckpointError(path or checkpoint.DEFAULT_CHECKPOINT,
                                          "its config names no modalities")
     return tuple(modalities)
+
+
+def _text_encoder_of(path: Path | str | None) -> str:
+    """The text encoder a checkpoint names (older checkpoints without one: the packaged MiniLM-L6)."""
+    name = checkpoint.read_payload(path)["config"].get("text_encoder", "minilm-l6")
+    if not isinstance(name, str) or not name.strip():
+        raise checkpoint.CheckpointError(path or checkpoint.DEFAULT_CHECKPOINT,
+                                         f"its config names no usable text encoder ({name!r})")
+    return name
+
+
+def _cache_name(text_encoder: str) -> str:
+    from model.encoders import TextEncoder
+
+    return TextEncoder.cache_name(text_encoder)

@@ -6,9 +6,15 @@ early stopping (patience 5) on validation macro-F1, the best state kept, seeds f
 reported as mean +- std.
 
 It trains on cached frozen encoder outputs (``model.features``), so an epoch over ~50k tweets is
-minutes on two CPU cores.  One model learns from both data sets at once: the SemEval pool (text
-only: its posts carry an absent-image mask) and MVSA-Single train (text + picture), the way the
-live feed mixes them.  ``fit`` is a plain function so ablations (``model.ablate``) call it directly.
+minutes on two CPU cores.  One model learns from all data sets at once: the SemEval pool (text
+only: its posts carry an absent-image mask), MVSA-Single train (text + picture, with cached
+augmented picture views, ``model.picture_views``) and SemEval-2016 4C (five-point labels: the real
+intensity target, multitask with the 3-class head; rows without an intensity label mask that loss).
+``fit`` is a plain function so ablations (``model.ablate``) call it directly.
+
+Honest selection: epochs and seeds are chosen on "select" splits carved from the training pools
+(a tenth of SemEval and MVSA train by id hash, a tenth of the 4C training topics); the reported
+sets (TweetEval val, MVSA dev, the topic-disjoint 4C val) are scored once, on the chosen state.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from model import metrics
 from model.checkpoint import build_network
 from model.config import ModelConfig
+from model.data import FIVE_POINT_SCALE, intensity_to_five_point
 from model.network import PROXY_INTENSITY, SentimentNet
 from model.progress import progress_bar
 
@@ -63,6 +70,46 @@ def resolve_device(device: str) -> torch.device:
 # ---------------------------------------------------------------------------------------------
 # data plumbing
 # ---------------------------------------------------------------------------------------------
+
+
+class IntensityLabelled(Dataset):
+    """A cached split whose items also carry ``intensity`` (-3..+3) looked up by id; ids without one
+    get None, and their intensity loss is masked."""
+
+    def __init__(self, dataset: Dataset, intensity_by_id: dict[str, float]) -> None:
+        self.dataset = dataset
+        self.intensity_by_id = intensity_by_id
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    @property
+    def text(self) -> Any:
+        return getattr(self.dataset, "text", None)
+
+    @property
+    def labels(self) -> Any:
+        return getattr(self.dataset, "labels", None)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        item["intensity"] = self.intensity_by_id.get(item["id"])
+        return item
+
+
+def has_intensity_labels(dataset: Any) -> bool:
+    """Whether any part of ``dataset`` brings real intensity labels (then every batch masks, and the
+    label-derived proxy is never used)."""
+    if isinstance(dataset, IntensityLabelled):
+        return True
+    if isinstance(dataset, ConcatDataset):
+        return any(has_intensity_labels(part) for part in dataset.datasets)
+    inner = getattr(dataset, "dataset", None)
+    if isinstance(dataset, Subset) or isinstance(inner, Dataset):
+        return has_intensity_labels(inner)
+    if isinstance(dataset, Sequence) and dataset and isinstance(dataset[0], dict):
+        return any("intensity" in item for item in dataset)
+    return False
 
 
 def dataset_lengths(dataset: Dataset) -> np.ndarray:
@@ -123,14 +170,29 @@ def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return collate_features(items)
 
 
+def _collate_multitask(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``collate_features`` plus intensity (B,) and intensity_mask (B,): False where an item has none."""
+    from model.features import collate_features
+
+    batch = collate_features(items)
+    values = [item.get("intensity") for item in items]
+    batch["intensity_mask"] = torch.tensor([value is not None for value in values], dtype=torch.bool)
+    batch["intensity"] = torch.tensor([0.0 if value is None else float(value) for value in values])
+    return batch
+
+
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0) -> DataLoader:
-    """Length-bucketed shuffled batches for training; length-sorted fixed batches for evaluation."""
+    """Length-bucketed shuffled batches for training; length-sorted fixed batches for evaluation.
+
+    A dataset with any intensity labels gets the multitask batches in every batch (masked where a
+    row has none), so no batch falls back to the label-derived proxy."""
     lengths = dataset_lengths(dataset)
+    collate = _collate_multitask if has_intensity_labels(dataset) else _collate
     if train:
-        return DataLoader(dataset, batch_sampler=LengthBucketSampler(lengths, batch_size, seed), collate_fn=_collate)
+        return DataLoader(dataset, batch_sampler=LengthBucketSampler(lengths, batch_size, seed), collate_fn=collate)
     order = np.argsort(lengths, kind="stable")
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=_collate)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -247,19 +309,52 @@ class EvalResult:
     intensity: np.ndarray
     loss: float
     metrics: dict[str, float] = field(default_factory=dict)
+    intensity_target: np.ndarray | None = None  # real labels (-3..+3), NaN where a row has none
 
 
-def summary_metrics(labels: np.ndarray, predictions: np.ndarray, intensity: np.ndarray) -> dict[str, float]:
-    """The figures the targets and the model card use; intensity against the label-derived proxy."""
-    proxy = np.asarray(PROXY_INTENSITY)[labels]
+def intensity_metrics(target: np.ndarray, intensity: np.ndarray) -> dict[str, float]:
+    """Against real five-point labels (rows with a label only): the task's MAE^M and MAE on the
+    five-point scale (predictions rounded back to -2..+2, as the task's systems submit labels), and
+    CCC of the raw -3..+3 predictions (CCC is unchanged by applying x1.5 to both sides)."""
+    rows = ~np.isnan(target)
+    gold = np.rint(target[rows] / FIVE_POINT_SCALE)
+    predicted = intensity_to_five_point(intensity[rows])
     return {
+        "intensity_macro_mae": metrics.macro_mean_absolute_error(gold, predicted, classes=(-2, -1, 0, 1, 2)),
+        "intensity_mae": metrics.mean_absolute_error(gold, predicted),
+        "intensity_ccc": metrics.concordance_correlation(target[rows], intensity[rows]),
+    }
+
+
+def summary_metrics(labels: np.ndarray, predictions: np.ndarray, intensity: np.ndarray,
+                    intensity_target: np.ndarray | None = None) -> dict[str, float]:
+    """The figures the targets and the model card use; intensity against real labels where the set
+    has them (``intensity_metrics``), else against the label-derived proxy (named ``*_proxy``)."""
+    summary = {
         "accuracy": metrics.accuracy(labels, predictions),
         "macro_recall": metrics.macro_recall(labels, predictions),
         "macro_f1": metrics.macro_f1(labels, predictions),
         "weighted_f1": metrics.weighted_f1(labels, predictions),
-        "intensity_mae_proxy": metrics.mean_absolute_error(proxy, intensity),
-        "intensity_ccc_proxy": metrics.concordance_correlation(proxy, intensity),
     }
+    if intensity_target is not None and bool((~np.isnan(intensity_target)).any()):
+        return {**summary, **intensity_metrics(intensity_target, intensity)}
+    proxy = np.asarray(PROXY_INTENSITY)[labels]
+    return {**summary,
+            "intensity_mae_proxy": metrics.mean_absolute_error(proxy, intensity),
+            "intensity_ccc_proxy": metrics.concordance_correlation(proxy, intensity)}
+
+
+def selection_score(results: dict[str, EvalResult]) -> float:
+    """What epochs and seeds are chosen by: the mean over the selection sets of macro-F1 for a class
+    set and of 1 - MAE^M / 4 for an intensity set (4 = the largest five-point error), so both heads
+    count and higher is better for each."""
+    scores = []
+    for result in results.values():
+        if "intensity_macro_mae" in result.metrics:
+            scores.append(1.0 - result.metrics["intensity_macro_mae"] / 4.0)
+        else:
+            scores.append(result.metrics["macro_f1"])
+    return float(np.mean(scores))
 
 
 def evaluate(net: SentimentNet, loader: DataLoader, device: torch.device, progress: bool = False,
@@ -267,7 +362,7 @@ def evaluate(net: SentimentNet, loader: DataLoader, device: torch.device, progre
     """Score a loader under ``inference_mode``; results are put back in the dataset's order."""
     net.eval()
     indices: list[int] = []
-    labels, probabilities, intensity = [], [], []
+    labels, probabilities, intensity, targets = [], [], [], []
     total_loss, count = 0.0, 0
     batch_sampler = loader.batch_sampler
     batch_indices = iter(batch_sampler) if batch_sampler is not None else None
@@ -284,18 +379,25 @@ def evaluate(net: SentimentNet, loader: DataLoader, device: torch.device, progre
             labels.append(batch["label"].cpu().numpy())
             probabilities.append(output.probabilities.cpu().numpy())
             intensity.append(output.intensity.float().cpu().numpy())
+            if "intensity_mask" in batch:
+                target = batch["intensity"].float().cpu().numpy().copy()
+                target[~batch["intensity_mask"].cpu().numpy()] = np.nan
+                targets.append(target)
     if not labels:
         empty = np.zeros(0, dtype=np.int64)
         return EvalResult(empty, empty, np.zeros((0, 3)), np.zeros(0), float("nan"))
     label_array = np.concatenate(labels)
     prob_array = np.concatenate(probabilities)
     intensity_array = np.concatenate(intensity)
+    target_array = np.concatenate(targets) if targets else None
     if len(indices) == len(label_array):
         order = np.argsort(np.asarray(indices), kind="stable")
         label_array, prob_array, intensity_array = label_array[order], prob_array[order], intensity_array[order]
+        target_array = target_array[order] if target_array is not None else None
     predictions = prob_array.argmax(axis=1)
-    result = EvalResult(label_array, predictions, prob_array, intensity_array, total_loss / max(1, count))
-    result.metrics = summary_metrics(label_array, predictions, intensity_array)
+    result = EvalResult(label_array, predictions, prob_array, intensity_array, total_loss / max(1, count),
+                        intensity_target=target_array)
+    result.metrics = summary_metrics(label_array, predictions, intensity_array, target_array)
     return result
 
 
@@ -311,9 +413,15 @@ class FitResult:
     history: list[dict[str, Any]]
     val_results: dict[str, EvalResult]
     seconds: float
+    report_results: dict[str, EvalResult] = field(default_factory=dict)
 
     def val_metrics(self) -> dict[str, dict[str, float]]:
+        """Metrics of the selection sets at the chosen epoch."""
         return {name: result.metrics for name, result in self.val_results.items()}
+
+    def report_metrics(self) -> dict[str, dict[str, float]]:
+        """Metrics of the reported sets, scored once on the chosen state (never used to choose)."""
+        return {name: result.metrics for name, result in self.report_results.items()}
 
 
 def default_fit_args(**overrides: Any) -> argparse.Namespace:
@@ -327,12 +435,14 @@ def default_fit_args(**overrides: Any) -> argparse.Namespace:
 
 
 def fit(config: ModelConfig, train_ds: Dataset, val_ds: Dataset | dict[str, Dataset],
-        args: argparse.Namespace | None = None, encoder_top_factory: Any = None) -> FitResult:
-    """Train ``config`` on ``train_ds``; pick the epoch with the best mean validation macro-F1.
+        args: argparse.Namespace | None = None, encoder_top_factory: Any = None,
+        report_ds: dict[str, Dataset] | None = None) -> FitResult:
+    """Train ``config`` on ``train_ds``; pick the epoch with the best ``selection_score`` on ``val_ds``.
 
-    ``val_ds`` is one dataset or ``{name: dataset}``; with several, the selection score is the mean
-    of their macro-F1 (each validation set counts equally, whatever its size).  ``args`` as from
-    ``get_args_parser`` (or ``default_fit_args(...)``); ``args.seed`` fixes the run.
+    ``val_ds`` (the selection sets) is one dataset or ``{name: dataset}``; with several, each counts
+    equally, whatever its size.  ``report_ds`` are scored once, after training, on the chosen state:
+    never looked at while choosing.  ``args`` as from ``get_args_parser`` (or
+    ``default_fit_args(...)``); ``args.seed`` fixes the run.
     """
     args = args or default_fit_args()
     started = time.perf_counter()
@@ -365,7 +475,7 @@ def fit(config: ModelConfig, train_ds: Dataset, val_ds: Dataset | dict[str, Data
             global_step += int(train_stats["steps"])
             results = {name: evaluate(net, loader, device, progress=False, desc=name)
                        for name, loader in val_loaders.items()}
-            score = float(np.mean([r.metrics["macro_f1"] for r in results.values()]))
+            score = selection_score(results)
             record = {"epoch": epoch, "train_loss": train_stats["loss"], "score": score,
                       "examples_per_second": train_stats["examples_per_second"],
                       **{f"{name}/{k}": v for name, r in results.items() for k, v in r.metrics.items()},
@@ -395,8 +505,10 @@ def fit(config: ModelConfig, train_ds: Dataset, val_ds: Dataset | dict[str, Data
     assert best_state is not None
     net.load_state_dict(best_state)
     net.eval()
+    reported = {name: evaluate(net, make_loader(ds, args.eval_batch_size, train=False), device, desc=name)
+                for name, ds in (report_ds or {}).items()}
     return FitResult(net, config, best_state, best_epoch, best_score, history, best_results,
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, reported)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,10 +516,19 @@ def fit(config: ModelConfig, train_ds: Dataset, val_ds: Dataset | dict[str, Data
 # ---------------------------------------------------------------------------------------------
 
 
-def config_from_args(args: argparse.Namespace, class_weights: tuple[float, ...] | None) -> ModelConfig:
+def config_from_args(args: argparse.Namespace, class_weights: tuple[float, ...] | None,
+                     text_dim: int = 384, visual_dim: int = 1280) -> ModelConfig:
+    """The checkpoint's config: the options plus the encoders' names and widths (read from the cache),
+    so the Scorer later loads the very encoders the network was trained on."""
+    from model.encoders import DEFAULT_TEXT_ENCODER
+
     return ModelConfig(
         modalities=tuple(args.modalities.split(",")),
         fusion=args.fusion,
+        text_encoder=args.text_encoder or DEFAULT_TEXT_ENCODER,
+        text_dim=text_dim,
+        visual_encoder=args.image_encoder,
+        visual_dim=visual_dim,
         text_cnn=not args.no_text_cnn,
         pooling=args.pooling,
         cnn_pool=args.cnn_pool,
@@ -442,8 +563,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--intensity-weight", type=float, default=0.1, help="weight of the (proxy) intensity loss")
     add("--class-weights", default="sqrt", choices=["none", "sqrt", "balanced"])
     add("--finetune-layers", type=int, default=0, help="fine-tune the top k encoder layers from cache")
+    add("--text-encoder", default=None,
+        help="text encoder whose cached features train the model (default: the packaged minilm-l6); "
+             "recorded in the checkpoint, loaded by the Scorer")
+    add("--image-encoder", default="efficientnet_lite0", choices=["efficientnet_lite0", "resnet50"])
     add("--text-data", default="semeval", choices=["semeval", "none"])
+    add("--intensity-data", default="ce", choices=["ce", "none"],
+        help="ce: SemEval-2016 4C five-point tweets train the intensity head (multitask); none: the "
+             "label-derived proxy, as before")
     add("--image-data", default="mvsa", choices=["mvsa", "none"])
+    add("--augment-views", type=int, default=4,
+        help="augmented views cached per MVSA train picture, one drawn per step (0: no augmentation)")
     add("--image-repeat", type=int, default=2, help="times MVSA train is repeated per epoch")
     add("--train-limit", type=int, default=None, help="first N training examples only (smoke runs)")
     add("--epochs", type=int, default=12)
@@ -468,33 +598,116 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false")
 
 
-def load_data(args: argparse.Namespace) -> tuple[Dataset, dict[str, Dataset]]:
-    """Training set (SemEval pool minus TweetEval val, plus MVSA train) and the two validation sets."""
+@dataclass
+class TrainingData:
+    """What ``run`` trains on: the fit set, the selection sets carved from the training pools, the
+    reported sets, and the encoders' widths as cached."""
+
+    train: Dataset
+    select: dict[str, Dataset]
+    report: dict[str, Dataset]
+    text_dim: int
+    visual_dim: int
+
+
+def _subset_by_id(dataset: Dataset, ids: list[str], keep: set[str]) -> Subset:
+    return Subset(dataset, [index for index, item_id in enumerate(ids) if item_id in keep])
+
+
+def load_data(args: argparse.Namespace) -> TrainingData:
+    """Training pools (SemEval minus TweetEval val, MVSA train, SemEval-2016 4C) split into fit and
+    select parts; TweetEval val, MVSA dev and the topic-disjoint 4C val as the reported sets."""
+    from model import data
+    from model.encoders import DEFAULT_TEXT_ENCODER
     from model.features import DEFAULT_FINETUNE_LAYER, CachedFeatureDataset, FeatureCache
 
     cache = FeatureCache(args.cache_dir)
+    text_encoder = args.text_encoder or DEFAULT_TEXT_ENCODER
+    encoders = {"text_encoder": text_encoder, "image_encoder": args.image_encoder}
     layer = None
     if args.finetune_layers > 0:
         layer = 6 - args.finetune_layers if args.finetune_layers != 2 else DEFAULT_FINETUNE_LAYER
     modalities = args.modalities.split(",")
     images = "visual" in modalities
     parts: list[Dataset] = []
+    select: dict[str, Dataset] = {}
+    report: dict[str, Dataset] = {}
+
+    def carve(name: str, dataset: Any, usable: set[str] | None = None) -> Dataset:
+        """Fit part of a cached pool; a tenth (by id hash) goes to ``select[name]``."""
+        ids = [item_id for item_id in dataset.text.ids if usable is None or item_id in usable]
+        chosen = data.carve(ids, data.SELECT_FRACTION, f"select-{name}")
+        select[name] = _subset_by_id(dataset, dataset.text.ids, chosen)
+        return _subset_by_id(dataset, dataset.text.ids, set(ids) - chosen)
+
+    ce_examples = data.load_split("ce", "train") if args.intensity_data == "ce" else []
     if args.text_data == "semeval":
-        parts.append(CachedFeatureDataset(cache, "semeval", "train", text_layer=layer, images=False))
+        semeval = CachedFeatureDataset(cache, "semeval", "train", text_layer=layer, images=False, **encoders)
+        usable = None
+        if ce_examples:
+            # Nearly every 4C tweet is also a SemEval-2016 4A tweet: trained through the pool, the
+            # topic-disjoint 4C val would be seen in training.  4C brings them (with both labels) instead.
+            in_ce = {data.duplicate_key(example.text) for example in ce_examples}
+            usable = {example.id for example in data.load_split("semeval", "train")
+                      if data.duplicate_key(example.text) not in in_ce}
+        parts.append(carve("semeval-select", semeval, usable))
     if args.image_data == "mvsa":
-        mvsa = CachedFeatureDataset(cache, "mvsa", "train", text_layer=layer, images=images)
-        parts.extend([mvsa] * max(1, args.image_repeat))
+        mvsa = CachedFeatureDataset(cache, "mvsa", "train", text_layer=layer, images=images, **encoders)
+        mvsa_fit: Dataset = carve("mvsa-select", mvsa)
+        if images and args.augment_views > 0:
+            mvsa_fit = _with_picture_views(cache.root, args, mvsa, mvsa_fit)
+        parts.extend([mvsa_fit] * max(1, args.image_repeat))
+    if args.intensity_data == "ce":
+        ce = CachedFeatureDataset(cache, "ce", "train", text_layer=layer, images=False, **encoders)
+        by_id = {example.id: example for example in ce_examples}
+        if any(item_id not in by_id for item_id in ce.text.ids):
+            raise SystemExit("the cached ce/train features list tweets the data folder lacks; rebuild them "
+                             "with `python -m model.features build --dataset ce`")
+        examples = [by_id[item_id] for item_id in ce.text.ids]  # a --limit'ed cache holds a prefix
+        labelled = IntensityLabelled(ce, {e.id: float(e.intensity) for e in examples if e.intensity is not None})
+        ce_parts = data.split_ce(examples)
+        for part, target in (("fit", None), ("select", select), ("val", report)):
+            subset = _subset_by_id(labelled, ce.text.ids, {example.id for example in ce_parts[part]})
+            if target is None:
+                parts.append(subset)
+            else:
+                target[f"ce-{part}"] = subset
     if not parts:
         raise SystemExit("no training data selected")
     train: Dataset = ConcatDataset(parts) if len(parts) > 1 else parts[0]
     if args.train_limit is not None:
         rng = np.random.default_rng(args.seed)
         train = Subset(train, sorted(rng.choice(len(train), min(args.train_limit, len(train)), replace=False)))
-    val = {
-        "tweeteval-val": CachedFeatureDataset(cache, "tweeteval", "val", text_layer=layer, images=False),
-        "mvsa-dev": CachedFeatureDataset(cache, "mvsa", "dev", text_layer=layer, images=images),
+    report = {
+        "tweeteval-val": CachedFeatureDataset(cache, "tweeteval", "val", text_layer=layer, images=False, **encoders),
+        "mvsa-dev": CachedFeatureDataset(cache, "mvsa", "dev", text_layer=layer, images=images, **encoders),
+        **report,
     }
-    return train, val
+    probe = report["tweeteval-val"]
+    text_dim = int(probe.text.tokens.shape[1])
+    visual_dim = 1280
+    mvsa_dev = report["mvsa-dev"]
+    if getattr(mvsa_dev, "images", None) is not None:
+        visual_dim = int(mvsa_dev.images.vectors.shape[1])
+    return TrainingData(train, select, report, text_dim, visual_dim)
+
+
+def _with_picture_views(cache_root: Path, args: argparse.Namespace, mvsa: Any, mvsa_fit: Dataset) -> Dataset:
+    """MVSA train's fit part drawing augmented picture views (built once into the cache)."""
+    from model import data
+    from model.encoders import ImageEncoder
+    from model.picture_views import AugmentedPictures, build_views
+
+    examples = data.load_split("mvsa", "train")
+    by_id = {example.id: example for example in examples}
+    missing = [item_id for item_id in mvsa.text.ids if item_id not in by_id]
+    if missing:
+        raise SystemExit(f"{len(missing)} cached mvsa/train ids are not in the data folder; rebuild the cache")
+    ordered = [by_id[item_id] for item_id in mvsa.text.ids]
+    vectors, present = build_views(cache_root, ImageEncoder(args.image_encoder), "mvsa", "train", ordered,
+                                   args.augment_views)
+    views_by_id = {item_id: vectors[index] for index, item_id in enumerate(mvsa.text.ids) if present[index]}
+    return AugmentedPictures(mvsa_fit, views_by_id)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -502,45 +715,56 @@ def _mean_std(values: list[float]) -> str:
     return f"{array.mean():.4f} ± {array.std(ddof=1) if len(array) > 1 else 0.0:.4f}"
 
 
+def _write_metrics(out: Any, title: str, named: dict[str, dict[str, float]]) -> None:
+    out.write(f"  {title}:\n")
+    for name, values in named.items():
+        out.write(f"    {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train ``args.seeds`` seeds, print each seed's and the mean ± std figures, save the best seed."""
+    """Train ``args.seeds`` seeds; print each seed's selection and reported figures and the reported
+    mean ± std; save the seed with the best selection score, every seed's figures recorded in it."""
     torch.set_num_threads(args.threads)
-    train_ds, val_sets = load_data(args)
+    loaded = load_data(args)
+    train_ds = loaded.train
     weights = class_weights_for(dataset_labels(train_ds), args.class_weights)
-    config = config_from_args(args, weights)
-    logger.info("training on %d examples; class weights %s; config %s", len(train_ds), weights, config)
+    config = config_from_args(args, weights, loaded.text_dim, loaded.visual_dim)
+    logger.info("training on %d examples (selection: %s); class weights %s; config %s", len(train_ds),
+                {name: len(ds) for name, ds in loaded.select.items()}, weights, config)  # type: ignore[arg-type]
     results: list[FitResult] = []
     first_seed = args.seed
+    out = sys.stdout
     for seed in range(first_seed, first_seed + args.seeds):
         args.seed = seed
-        result = fit(config, train_ds, val_sets, args)
+        result = fit(config, train_ds, loaded.select, args, report_ds=loaded.report)
         results.append(result)
-        out = sys.stdout
-        out.write(f"seed {seed}: best epoch {result.best_epoch}, score {result.best_score:.4f}, "
+        out.write(f"seed {seed}: best epoch {result.best_epoch}, selection score {result.best_score:.4f}, "
                   f"{result.seconds / 60:.1f} min\n")
-        for name, values in result.val_metrics().items():
-            out.write(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()) + "\n")
+        _write_metrics(out, "selection (chose the epoch)", result.val_metrics())
+        _write_metrics(out, "reported (scored once)", result.report_metrics())
     args.seed = first_seed
+    seeds = list(range(first_seed, first_seed + args.seeds))
+    reported = {name: {k: [r.report_results[name].metrics[k] for r in results] for k in res.metrics}
+                for name, res in results[0].report_results.items()}
     if len(results) > 1:
-        sys.stdout.write(f"mean ± std over {len(results)} seeds:\n")
-        for name in results[0].val_results:
-            keys = results[0].val_results[name].metrics.keys()
-            sys.stdout.write(f"  {name}: " + ", ".join(
-                f"{k} {_mean_std([r.val_results[name].metrics[k] for r in results])}" for k in keys) + "\n")
+        out.write(f"reported, mean ± std over {len(results)} seeds:\n")
+        for name, values in reported.items():
+            out.write(f"  {name}: " + ", ".join(f"{k} {_mean_std(v)}" for k, v in values.items()) + "\n")
     if args.out is not None:
         from model import checkpoint
 
         best = max(results, key=lambda r: r.best_score)
-        seeds = list(range(first_seed, first_seed + args.seeds))
-        summary = {name: {k: [r.val_results[name].metrics[k] for r in results] for k in res.metrics}
-                   for name, res in results[0].val_results.items()}
         version = checkpoint.save(
-            args.out, best.net, config, metrics=best.val_metrics(),
+            args.out, best.net, config, metrics=best.report_metrics(),
             extra={"command": getattr(args, "command_line", None) or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                    "seeds": seeds, "chosen_seed": seeds[results.index(best)], "best_epoch": best.best_epoch,
-                   "per_seed_metrics": summary, "history": best.history,
-                   "train_examples": len(train_ds)})
-        sys.stdout.write(f"saved {args.out} ({version})\n")
+                   "chosen_by": "selection score on " + ", ".join(loaded.select),
+                   "per_seed": [{"seed": seed, "best_epoch": r.best_epoch, "selection_score": r.best_score,
+                                 "selection": r.val_metrics(), "reported": r.report_metrics()}
+                                for seed, r in zip(seeds, results, strict=True)],
+                   "per_seed_metrics": reported, "history": best.history,
+                   "train_examples": len(train_ds)})  # type: ignore[arg-type]
+        out.write(f"saved {args.out} ({version})\n")
     return 0
 
 
