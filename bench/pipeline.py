@@ -23,7 +23,8 @@ scored a few warm-up posts (so model loading and the group join are not counted)
 
 Scenarios: ``full`` (1 worker, text), ``rate`` (1 worker, text, fixed rate), ``images`` (1 worker, each
 post with one picture from the loopback demo media server, a unique URL per post so the fetch cache
-never hides the cost; allowed via SENTISTREAM_MEDIA_ALLOW_HOSTS), ``two-workers`` (2 worker processes
+never hides the cost, and SENTISTREAM_IMAGE_CACHE_ENTRIES=0 as the photos repeat; allowed via
+SENTISTREAM_MEDIA_ALLOW_HOSTS), ``two-workers`` (2 worker processes
 on a 4-partition topic, text), and, on request, ``overload`` (1 worker, posts with pictures offered at
 twice the bare model's text+image rate, SENTISTREAM_OVERLOAD_LAG_S from ``--overload-lag-s``: latency
 stays bounded because pictures are shed while the lag is high; every post is still scored; the media
@@ -184,6 +185,8 @@ def run_scenario(sc: Scenario, *, server_url: str, chosen: ChosenCheckpoint, tex
                 env["media_allow_hosts"] = media.host_port
             if sc.overload_lag_s is not None:
                 env["overload_lag_s"] = str(sc.overload_lag_s)
+            if sc.images:  # the photos repeat: without this the feature cache would hide the encoder's cost
+                env["image_cache_entries"] = "0"
             workers = [worker_process(target, db_url, tmp / f"worker{k}", **env) for k in range(sc.workers)]
             engine = create_engine(db_url)
             try:
@@ -257,7 +260,7 @@ def bare_model_rate(chosen: ChosenCheckpoint, texts: list[str], photos: list | N
 
     from model.scorer import ScoreInput, Scorer
 
-    scorer = Scorer.from_checkpoint(chosen.path, device=device)
+    scorer = Scorer.from_checkpoint(chosen.path, device=device, image_cache_entries=0)  # photos repeat
     inputs = [ScoreInput(text=t, images=[photos[i % len(photos)]] if photos else [])
               for i, t in enumerate(cycle(texts, posts))]
     batches = [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]

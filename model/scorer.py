@@ -150,12 +150,14 @@ class Scorer:
 
     @classmethod
     def from_checkpoint(cls, path: Path | str | None = None, device: str = "auto", max_images: int = 1,
-                        text_encoder: Any = None, image_encoder: Any = None, text_int8: bool = False) -> Scorer:
+                        text_encoder: Any = None, image_encoder: Any = None, text_int8: bool = False,
+                        image_cache_entries: int = 4096) -> Scorer:
         """Load a checkpoint (None: the packaged default) and the encoders it was trained on.
 
         ``max_images``: pictures used per post.  The shipped checkpoint learned from single
         pictures; its multi-frame path is untrained, hence 1.  ``text_int8``: on a CPU, int8 dynamic
         quantisation of the text encoder it builds (``TextEncoder.quantize_dynamic_int8``).
+        ``image_cache_entries``: picture features kept in memory by sha256 (0 = no cache).
         """
         from model.encoders import ImageEncoder, TextEncoder
 
@@ -178,7 +180,8 @@ class Scorer:
             # encoder passed in may be shared with training and is used as it is.
             image_encoder = ImageEncoder(config.visual_encoder).optimize_for_inference()
         logger.info("scorer: %s on %s", meta["model_version"], resolved)
-        return cls(net, config, str(meta["model_version"]), text_encoder, image_encoder, resolved, max_images)
+        return cls(net, config, str(meta["model_version"]), text_encoder, image_encoder, resolved, max_images,
+                   image_cache_entries=image_cache_entries)
 
     # ------------------------------------------------------------------ step 1: CPU preparation
     def prepare(self, posts: list[ScoreInput]) -> PreparedBatch:
