@@ -618,29 +618,23 @@ def load_data(args: argparse.Namespace) -> TrainingData:
     """Training pools (SemEval minus TweetEval val, MVSA train, SemEval-2016 4C) split into fit and
     select parts; TweetEval val, MVSA dev and the topic-disjoint 4C val as the reported sets."""
     from model import data
-    from model.encoders import DEFAULT_TEXT_ENCODER
-    from model.features import DEFAULT_FINETUNE_LAYER, CachedFeatureDataset, FeatureCache
+    from model.encoders import DEFAULT_TEXT_ENCODER, TextEncoder
+    from model.features import CachedFeatureDataset, FeatureCache
 
     cache = FeatureCache(args.cache_dir)
     text_encoder = args.text_encoder or DEFAULT_TEXT_ENCODER
-    encoders = {"text_encoder": text_encoder, "image_encoder": args.image_encoder}
+    encoders = {"text_encoder": TextEncoder.cache_name(text_encoder), "image_encoder": args.image_encoder}
     layer = None
-    if args.finetune_layers > 0:
-        layer = 6 - args.finetune_layers if args.finetune_layers != 2 else DEFAULT_FINETUNE_LAYER
+    if args.finetune_layers > 0:  # the input of the top k layers of whichever encoder was cached
+        layer = cache.resolve_layer(encoders["text_encoder"], "tweeteval", "val", None) - args.finetune_layers
     modalities = args.modalities.split(",")
     images = "visual" in modalities
     parts: list[Dataset] = []
     select: dict[str, Dataset] = {}
     report: dict[str, Dataset] = {}
 
-    def carve(name: str, dataset: Any, usable: set[str] | None = None) -> Dataset:
-        """Fit part of a cached pool; a tenth (by id hash) goes to ``select[name]``."""
-        ids = [item_id for item_id in dataset.text.ids if usable is None or item_id in usable]
-        chosen = data.carve(ids, data.SELECT_FRACTION, f"select-{name}")
-        select[name] = _subset_by_id(dataset, dataset.text.ids, chosen)
-        return _subset_by_id(dataset, dataset.text.ids, set(ids) - chosen)
-
     ce_examples = data.load_split("ce", "train") if args.intensity_data == "ce" else []
+    pools: dict[str, tuple[Any, set[str] | None]] = {}
     if args.text_data == "semeval":
         semeval = CachedFeatureDataset(cache, "semeval", "train", text_layer=layer, images=False, **encoders)
         usable = None
@@ -650,13 +644,28 @@ def load_data(args: argparse.Namespace) -> TrainingData:
             in_ce = {data.duplicate_key(example.text) for example in ce_examples}
             usable = {example.id for example in data.load_split("semeval", "train")
                       if data.duplicate_key(example.text) not in in_ce}
-        parts.append(carve("semeval-select", semeval, usable))
+        pools["semeval-select"] = (semeval, usable)
     if args.image_data == "mvsa":
-        mvsa = CachedFeatureDataset(cache, "mvsa", "train", text_layer=layer, images=images, **encoders)
-        mvsa_fit: Dataset = carve("mvsa-select", mvsa)
-        if images and args.augment_views > 0:
-            mvsa_fit = _with_picture_views(cache.root, args, mvsa, mvsa_fit)
-        parts.extend([mvsa_fit] * max(1, args.image_repeat))
+        pools["mvsa-select"] = (
+            CachedFeatureDataset(cache, "mvsa", "train", text_layer=layer, images=images, **encoders), None)
+    # A tenth of each pool by id hash (one salt, so a tweet in two pools falls on the same side) is
+    # selection only; whatever is selected anywhere is trained on nowhere.
+    selected: set[str] = set()
+    for name, (dataset, usable) in pools.items():
+        ids = [item_id for item_id in dataset.text.ids if usable is None or item_id in usable]
+        chosen = data.carve(ids, data.SELECT_FRACTION, "select")
+        select[name] = _subset_by_id(dataset, dataset.text.ids, chosen)
+        selected |= chosen
+    for name, (dataset, usable) in pools.items():
+        fit_ids = {item_id for item_id in dataset.text.ids
+                   if (usable is None or item_id in usable) and item_id not in selected}
+        fit_part: Dataset = _subset_by_id(dataset, dataset.text.ids, fit_ids)
+        if name == "mvsa-select":
+            if images and args.augment_views > 0:
+                fit_part = _with_picture_views(cache.root, args, dataset, fit_part)
+            parts.extend([fit_part] * max(1, args.image_repeat))
+        else:
+            parts.append(fit_part)
     if args.intensity_data == "ce":
         ce = CachedFeatureDataset(cache, "ce", "train", text_layer=layer, images=False, **encoders)
         by_id = {example.id: example for example in ce_examples}

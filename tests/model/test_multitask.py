@@ -153,3 +153,11 @@ def test_train_command_with_five_point_data_records_every_seed(tmp_path, capsys,
     assert len(extra["per_seed_metrics"]["ce-val"]["intensity_macro_mae"]) == 2
     assert set(meta["metrics"]) == {"tweeteval-val", "mvsa-dev", "ce-val"}
     assert (cache / "image-views" / "efficientnet_lite0" / "mvsa-train" / "views2.npy").is_file()
+    # the same cache as load_data serves it: fit and selection parts disjoint, 4C val only reported,
+    # and fine-tuning reads the input of the encoder's top k layers (MiniLM-L6: layer 6 - 2)
+    loaded = training.load_data(training.default_fit_args(cache_dir=cache, augment_views=0, finetune_layers=2))
+    train_ids = {loaded.train[i]["id"] for i in range(len(loaded.train))}
+    for name, part in {**loaded.select, "ce-val": loaded.report["ce-val"]}.items():
+        ids = {part[i]["id"] for i in range(len(part))}
+        assert ids and not ids & train_ids, name
+    assert str(loaded.report["tweeteval-val"].text.tokens.filename).endswith("layer4.npy")
