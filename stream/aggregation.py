@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -127,7 +128,8 @@ class WindowAlertStage:
                  executor: Executor | None = None, on_alert: Callable[[SpikeAlert], None] | None = None,
                  watermark: EventTimeWatermark | None = None, attempts: int = 3,
                  retry_wait_s: float = 0.2, historical_after_s: float | None = None,
-                 deliverer: Any = None) -> None:
+                 deliverer: Any = None, attended_words: Any = None,
+                 attended_model_version: str | None = None) -> None:
         self.engine = engine
         self.window_lengths_s = tuple(window_lengths_s)
         self.detector = detector
@@ -138,6 +140,10 @@ class WindowAlertStage:
         self.retry_wait_s = retry_wait_s
         self.historical_after_s = historical_after_s  # alerts on older windows: stored, never delivered
         self.deliverer = deliverer  # stream.alert_delivery.AlertDeliverer: kicked after each batch
+        # The worker's Scorer.attended_words (and its model version): the words the model attended to in
+        # an alert's example posts.  None (tests, rescore): the explanation says they are not available.
+        self.explain = partial(explain_incident, attended_words=attended_words,
+                               attended_model_version=attended_model_version)
 
     async def __call__(self, written: WriteResult, records: Sequence[SinkRecord],
                        dead_letters: Sequence[DeadLetter] = ()) -> None:
@@ -207,7 +213,7 @@ class WindowAlertStage:
                         now = datetime.now(UTC)
                         looks = looks_with_history(conn, self.detector, aggregates, watermark=watermark, now=now)
                         new += apply_looks(conn, looks, self.detector.config_for, now=now,
-                                           historical_after_s=self.historical_after_s, explain=explain_incident)
+                                           historical_after_s=self.historical_after_s, explain=self.explain)
         except BaseException:
             if self.detector is not None:
                 self.detector.forget()  # it may have disarmed for an alert that was rolled back: rebuild from rows

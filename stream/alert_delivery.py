@@ -180,7 +180,11 @@ def _example_lines(evidence: Mapping[str, Any], limit: int = 5) -> list[str]:
                     where = " ".join(slack_escape(item[k]) for k in ("platform", "post_id", "author") if item.get(k))
                     url = item.get("url")
                     link = f" <{url}|link>" if isinstance(url, str) and _SAFE_URL.fullmatch(url) else ""
-                    lines.append(f"• {slack_escape(str(item.get('text', ''))[:200])} ({where[:200]}){link}")
+                    attended = item.get("attended_words")
+                    read_by = ", ".join(slack_escape(str(w.get("word", "")))[:40] for w in attended[:5]
+                                        if isinstance(w, Mapping)) if isinstance(attended, list) else ""
+                    lines.append(f"• {slack_escape(str(item.get('text', ''))[:200])} ({where[:200]}){link}"
+                                 + (f" · model read: _{read_by[:200]}_" if read_by else ""))
                 else:
                     lines.append(f"• {slack_escape(str(item)[:200])}")
             return lines

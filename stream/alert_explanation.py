@@ -9,16 +9,19 @@ z-score divides by the estimate's standard error, so a term needs both a large d
 occurrences.  Hashtags are kept as tokens (``#skywaysdown``); URLs and @mentions are dropped.
 
 Example posts are the incident's most negative ones with platform, post id, author, URL and time, so an
-analyst can open them.  The tokens the model attended to are not stored by the scorer and recomputing
-them needs the network: the explanation says so and names the command that shows them.
+analyst can open them, each with the words the model attended to in it (``attended_words``: the text
+branch's attention, from ``model.scorer.Scorer.attended_words``).  The scorer does not store attention
+per post, so the worker recomputes it for these few examples (one short forward pass per event); without
+a model (tests, offline tools) the explanation says the words are not available and why.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +30,11 @@ from sqlalchemy.engine import Connection
 
 from stream.db import PostRow, SentimentRow
 
+log = logging.getLogger(__name__)
+
+AttendedWords = Callable[[list[str]], Sequence[Sequence[tuple[str, float]]]]
+"""Texts in, per text the (word, attention weight) pairs the model weighed most (``Scorer.attended_words``)."""
+ATTENDED_TOP_K = 5  # words per example post
 PRIOR_WEIGHT = 500.0  # pseudo-tokens of the pooled corpus in the prior (at most a fifth of the pooled tokens)
 MIN_Z = 1.0  # listed: a clear lead; an incident against a thin baseline (a quiet topic) rarely reaches 1.96
 SIGNIFICANT_Z = 1.96  # flagged ``significant``: over-represented at the 95 % level
@@ -107,20 +115,59 @@ def example_posts(conn: Connection, topic: str, model_version: str, start: datet
             for r in rows]
 
 
-def explain_span(conn: Connection, topic: str, model_version: str, start: datetime, end: datetime
+def attach_attended_words(examples: list[dict[str, Any]], attended_words: AttendedWords | None
+                           ) -> tuple[list[dict[str, Any]] | None, str]:
+    """Give each example its ``attended_words``; return (the words over all examples, a note on how).
+
+    Never raises: a model that fails here must not cost the batch its alert, so the failure is logged
+    and recorded in the note instead.
+    """
+    if attended_words is None:
+        return None, ("not available (no model): this process has no scorer; run `sentistream model explain` "
+                      "on an example post to see the tokens it attended to")
+    if not examples:
+        return [], "no example posts to read"
+    try:
+        per_post = list(attended_words([str(e.get("text") or "") for e in examples]))
+        if len(per_post) != len(examples):
+            raise ValueError(f"{len(per_post)} results for {len(examples)} texts")
+    except Exception as exc:  # noqa: BLE001 - any model failure: the alert goes out without the words
+        log.warning("attended words for an alert's examples failed (%s: %s)", type(exc).__name__, exc)
+        return None, f"not available (the model failed: {type(exc).__name__}: {str(exc)[:200]})"
+    overall: dict[str, float] = {}
+    for example, words in zip(examples, per_post, strict=True):
+        example["attended_words"] = [{"word": str(w), "weight": round(float(x), 4)} for w, x in words]
+        for word, weight in words:
+            overall[str(word)] = overall.get(str(word), 0.0) + float(weight)
+    top = sorted(overall.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    return ([{"word": w, "weight": round(x / len(examples), 4)} for w, x in top],
+            f"the text branch's attention weights on the example posts (top {ATTENDED_TOP_K} words each; "
+            "overall: mean weight over the examples)")
+
+
+def explain_span(conn: Connection, topic: str, model_version: str, start: datetime, end: datetime,
+                 attended_words: AttendedWords | None = None, attended_model_version: str | None = None
                  ) -> dict[str, Any]:
-    """Terms, hashtags and example posts of ``topic`` in [start, end) against the week before ``start``."""
+    """Terms, hashtags and example posts of ``topic`` in [start, end) against the week before ``start``;
+    with ``attended_words`` (the worker's scorer, of ``attended_model_version``), the words the model
+    attended to in each example.  Another model's attention would explain a verdict it did not give, so a
+    scorer of a different version than the alert's is not asked."""
     incident_texts = _texts(conn, topic, start, end)
     baseline_texts = _texts(conn, topic, start - BASELINE_SPAN, start)
     terms = fightin_words(incident_texts, baseline_texts)
+    examples = example_posts(conn, topic, model_version, start, end)
+    if attended_words is not None and attended_model_version not in (None, model_version):
+        attended, note = None, (f"not available: this worker's model is {attended_model_version}, the alert's "
+                                f"{model_version}")
+    else:
+        attended, note = attach_attended_words(examples, attended_words)
     return {
         "terms": terms,
         "hashtags": [t for t in fightin_words(incident_texts, baseline_texts, top=50) if t["term"].startswith("#")][:5],
         "terms_method": "log-odds ratio with informative Dirichlet prior (Fightin' Words) vs the topic's "
                         "posts in the 7 days before the incident",
         "incident_posts_read": len(incident_texts), "baseline_posts_read": len(baseline_texts),
-        "examples": example_posts(conn, topic, model_version, start, end),
-        "attended_tokens": None,
-        "attended_tokens_note": "not available: the scorer does not store attention; run "
-                                "`sentistream model explain` on an example post to see the tokens it attended to",
+        "examples": examples,
+        "attended_tokens": attended,
+        "attended_tokens_note": note,
     }

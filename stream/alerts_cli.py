@@ -280,17 +280,26 @@ def _explanation_lines(evidence: Mapping[str, Any]) -> list[str]:
                 lines.append(f"  - [{head}{by}] {_one_line(e.get('text'))}")
                 if e.get("url"):
                     lines.append(f"    {_one_line(e['url'])}")
+                if isinstance(e.get("attended_words"), list) and e["attended_words"]:
+                    lines.append(f"    model read: {_words(e['attended_words'])}")
             else:
                 lines.append(f"  - {_one_line(e)}")
     if "attended_tokens" in explanation:
         tokens = explanation.get("attended_tokens")
-        lines.append(f"attended tokens {tokens if tokens else explanation.get('attended_tokens_note', 'not available')}")
+        shown = _words(tokens) if isinstance(tokens, list) and tokens else ""
+        lines.append(f"attended tokens {shown or _one_line(explanation.get('attended_tokens_note', 'not available'))}")
     shown_keys = {"negative_share", "volume", "explanation", "terms", "hashtags", "examples", "attended_tokens",
                   "attended_tokens_note", "incident"}
     for key, value in evidence.items():
         if key not in shown_keys and not isinstance(value, list | dict):
             lines.append(f"{key}: {_num(value, '.4g') if isinstance(value, float) else value}")
     return lines or ["(none stored)"]
+
+
+def _words(items: list[Any]) -> str:
+    """Attended words with their weights, on one line: ``outage 0.31, app 0.22``."""
+    return _one_line(", ".join(f"{w.get('word')} {_num(w.get('weight'), '.2f')}" if isinstance(w, Mapping) else str(w)
+                               for w in items[:10]))
 
 
 def _num(value: Any, spec: str) -> str:

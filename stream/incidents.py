@@ -332,8 +332,13 @@ def apply_looks(conn: Connection, looks: Sequence[Look], config_for: Callable[[s
     return new
 
 
-def explain_incident(conn: Connection, incident: Incident, look: Look) -> dict[str, Any]:
-    """The explanation of an incident so far: its posts from its start to the end of this look's window."""
+def explain_incident(conn: Connection, incident: Incident, look: Look, attended_words: Any = None,
+                     attended_model_version: str | None = None) -> dict[str, Any]:
+    """The explanation of an incident so far: its posts from its start to the end of this look's window.
+
+    ``attended_words`` (``stream.alert_explanation.AttendedWords``, the worker's scorer) adds the words the
+    model attended to in the example posts; without it the explanation says they are not available."""
     from stream.alert_explanation import explain_span
 
-    return explain_span(conn, incident.topic, incident.model_version, incident.started_at, look.window_end)
+    return explain_span(conn, incident.topic, incident.model_version, incident.started_at, look.window_end,
+                        attended_words=attended_words, attended_model_version=attended_model_version)

@@ -140,6 +140,9 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
         on_alert=lambda alert: metrics.ALERTS.labels(alert.kind).inc() if alert.event == "opened" else None,
         watermark=watermark,
         historical_after_s=settings.alert_historical_after_s,
+        # the words the model attended to in each alert's example posts (a few texts per alert event)
+        attended_words=getattr(scorer, "attended_words", None),
+        attended_model_version=getattr(scorer, "model_version", None),
     )
     return BatchProcessor(
         sink,

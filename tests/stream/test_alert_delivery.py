@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -647,6 +648,12 @@ def test_two_scoring_workers_one_planted_incident_one_signed_webhook_delivery(
                         hashlib.sha256).hexdigest()
     assert headers["X-Sentistream-Signature"] == f"sha256={expected}"
     assert (json.loads(body)["topic"], json.loads(body)["kind"]) == ("spiky", "negative_spike")
+    # The worker's model says which words it attended to in each example post: words of that post.
+    examples = json.loads(body)["explanation"]["explanation"]["examples"]
+    assert examples and all(e["text"] in NEGATIVE for e in examples)
+    for e in examples:
+        assert e["attended_words"] and {w["word"] for w in e["attended_words"]} <= set(
+            re.findall(r"\w+", e["text"].casefold())), e
     sent = [json.loads(b)["alert_id"] for _, b in receiver.requests]
     assert len(sent) == len(set(sent))
 

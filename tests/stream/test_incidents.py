@@ -6,7 +6,9 @@ tests/stream/test_demo.py (one incident, skyways-airline; none for the steady to
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -126,6 +128,50 @@ def test_burst_is_one_incident_updated_with_final_numbers_resolved_and_explained
     replayer = _stage(db)
     assert [a for b in batches[-16:] for a in _process(db, replayer, b)] == []
     assert len(_rows(db, AlertRow)) == before and len(_rows(db, AlertIncidentRow)) == 1
+
+
+def test_example_posts_carry_the_words_the_shipped_model_attended_to_up_to_the_webhook(db: Engine) -> None:
+    """The worker hands its Scorer to the alert stage: each example post of the explanation lists the words
+    the shipped model attended to in it (words of that very post, heaviest first), the explanation sums them
+    up, and the v1 webhook payload and its Slack rendering carry them."""
+    from model.scorer import Scorer
+    from stream.alert_delivery import alert_payload, slack_message
+
+    scorer = Scorer.from_checkpoint(None, device="cpu")
+    stage = _stage(db, attended_words=scorer.attended_words, attended_model_version=MV)
+    for batch in _batches():
+        _process(db, stage, batch)
+    opened = next(r for r in _rows(db, AlertRow) if r.event == "opened")
+    explanation = opened.evidence["explanation"]
+    assert explanation["examples"], explanation
+    for example in explanation["examples"]:
+        assert "outage" in example["text"]  # a planted negative post
+        words = [w["word"] for w in example["attended_words"]]
+        weights = [w["weight"] for w in example["attended_words"]]
+        assert 1 <= len(words) <= 5 and len(set(words)) == len(words)
+        assert set(words) <= set(re.findall(r"\w+", example["text"].casefold())), (words, example["text"])
+        assert weights == sorted(weights, reverse=True) and all(0 < w <= 1 for w in weights)
+    overall = [w["word"] for w in explanation["attended_tokens"]]
+    assert overall and set(overall) <= {w["word"] for e in explanation["examples"] for w in e["attended_words"]}
+    assert "attention" in explanation["attended_tokens_note"]
+
+    payload = alert_payload({**opened._mapping})
+    assert payload["explanation"]["explanation"]["examples"][0]["attended_words"] == \
+        explanation["examples"][0]["attended_words"]
+    slack_text = json.dumps(slack_message(payload))
+    assert "model read: _" + explanation["examples"][0]["attended_words"][0]["word"] in slack_text
+
+    # Another model's attention would explain a verdict it did not give: not asked, and the note says why.
+    other = _stage(db, attended_words=scorer.attended_words, attended_model_version="another-model")
+    with db.begin() as conn:
+        conn.execute(AlertRow.__table__.delete())
+        conn.execute(AlertIncidentRow.__table__.delete())
+    for batch in _batches(seed=8, minutes=30, burst=(24, 25)):
+        _process(db, other, [{**p, "post_id": "b" + p["post_id"], "created_at": p["created_at"] + timedelta(hours=1)}
+                             for p in batch])
+    again = next(r for r in _rows(db, AlertRow) if r.event == "opened").evidence["explanation"]
+    assert again["attended_tokens"] is None and "another-model" in again["attended_tokens_note"]
+    assert all("attended_words" not in e for e in again["examples"])
 
 
 def test_two_workers_at_once_open_one_incident(db: Engine, s4_engine: Engine) -> None:
