@@ -6,9 +6,9 @@ intensity, per-modality weights, token attention and, when the batch carries lab
 loss.
 
 Heads (seed paper 4.5): a 3-class softmax (negative, neutral, positive) and an intensity regression
-on -3..+3 (3 * tanh of a linear unit).  None of the training sets has intensity labels, so unless the
-batch brings its own ``intensity`` the regression target is a label-derived proxy
-(``label_intensity_proxy``) and the regression loss has a small weight; the model card says so.
+on -3..+3 (3 * tanh of a linear unit).  A batch that brings ``intensity`` + ``intensity_mask`` (SemEval-2016
+4C five-point labels x 1.5, see ``model.train``) trains it on those rows only; without them the target is
+a label-derived proxy (``label_intensity_proxy``), how the shipped checkpoint was trained (model card).
 """
 
 from __future__ import annotations

@@ -74,11 +74,14 @@ def resolve_device(device: str) -> torch.device:
 
 class IntensityLabelled(Dataset):
     """A cached split whose items also carry ``intensity`` (-3..+3) looked up by id; ids without one
-    get None, and their intensity loss is masked."""
+    get None, and their intensity loss is masked.  ``label_by_id`` replaces the class label of the
+    ids it lists (4C tweets take their SemEval 4A label, the 3-class head's own definition)."""
 
-    def __init__(self, dataset: Dataset, intensity_by_id: dict[str, float]) -> None:
+    def __init__(self, dataset: Dataset, intensity_by_id: dict[str, float],
+                 label_by_id: dict[str, int] | None = None) -> None:
         self.dataset = dataset
         self.intensity_by_id = intensity_by_id
+        self.label_by_id = label_by_id or {}
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -89,11 +92,16 @@ class IntensityLabelled(Dataset):
 
     @property
     def labels(self) -> Any:
-        return getattr(self.dataset, "labels", None)
+        labels = getattr(self.dataset, "labels", None)
+        ids = getattr(self.text, "ids", None)
+        if labels is None or ids is None or not self.label_by_id:
+            return labels
+        return [self.label_by_id.get(item_id, label) for item_id, label in zip(ids, labels, strict=True)]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.dataset[index])
         item["intensity"] = self.intensity_by_id.get(item["id"])
+        item["label"] = self.label_by_id.get(item["id"], item["label"])
         return item
 
 
@@ -634,6 +642,8 @@ def load_data(args: argparse.Namespace) -> TrainingData:
     report: dict[str, Dataset] = {}
 
     ce_examples = data.load_split("ce", "train") if args.intensity_data == "ce" else []
+    semeval_examples = data.load_split("semeval", "train") if ce_examples else []
+    pool_label = {data.duplicate_key(e.text): e.label for e in semeval_examples}  # 4A label by text
     pools: dict[str, tuple[Any, set[str] | None]] = {}
     if args.text_data == "semeval":
         semeval = CachedFeatureDataset(cache, "semeval", "train", text_layer=layer, images=False, **encoders)
@@ -642,8 +652,7 @@ def load_data(args: argparse.Namespace) -> TrainingData:
             # Nearly every 4C tweet is also a SemEval-2016 4A tweet: trained through the pool, the
             # topic-disjoint 4C val would be seen in training.  4C brings them (with both labels) instead.
             in_ce = {data.duplicate_key(example.text) for example in ce_examples}
-            usable = {example.id for example in data.load_split("semeval", "train")
-                      if data.duplicate_key(example.text) not in in_ce}
+            usable = {example.id for example in semeval_examples if data.duplicate_key(example.text) not in in_ce}
         pools["semeval-select"] = (semeval, usable)
     if args.image_data == "mvsa":
         pools["mvsa-select"] = (
@@ -673,7 +682,12 @@ def load_data(args: argparse.Namespace) -> TrainingData:
             raise SystemExit("the cached ce/train features list tweets the data folder lacks; rebuild them "
                              "with `python -m model.features build --dataset ce`")
         examples = [by_id[item_id] for item_id in ce.text.ids]  # a --limit'ed cache holds a prefix
-        labelled = IntensityLabelled(ce, {e.id: float(e.intensity) for e in examples if e.intensity is not None})
+        # The class label of a 4C tweet is its SemEval 4A label where it has one (29,189 of 29,199;
+        # the sign of the five-point label disagrees with it on ~21 %: 4C rates the tweet's stance
+        # toward its topic, 4A the message, which is what the 3-class head and TweetEval measure).
+        labelled = IntensityLabelled(
+            ce, {e.id: float(e.intensity) for e in examples if e.intensity is not None},
+            {e.id: pool_label[key] for e in examples if (key := data.duplicate_key(e.text)) in pool_label})
         ce_parts = data.split_ce(examples)
         for part, target in (("fit", None), ("select", select), ("val", report)):
             subset = _subset_by_id(labelled, ce.text.ids, {example.id for example in ce_parts[part]})

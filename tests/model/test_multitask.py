@@ -161,3 +161,11 @@ def test_train_command_with_five_point_data_records_every_seed(tmp_path, capsys,
         ids = {part[i]["id"] for i in range(len(part))}
         assert ids and not ids & train_ids, name
     assert str(loaded.report["tweeteval-val"].text.tokens.filename).endswith("layer4.npy")
+    # a 4C tweet takes its SemEval 4A class label where the pool has one; its intensity stays
+    cached = loaded.report["ce-val"].dataset.dataset
+    first, second = cached.text.ids[:2]
+    flipped = (cached.labels[0] + 1) % 3
+    relabelled = training.IntensityLabelled(cached, {first: 3.0}, {first: flipped})
+    assert relabelled.labels[:2] == [flipped, cached.labels[1]]
+    assert (relabelled[0]["label"], relabelled[0]["intensity"]) == (flipped, 3.0)
+    assert (relabelled[1]["label"], relabelled[1]["intensity"]) == (cached.labels[1], None)
