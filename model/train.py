@@ -48,6 +48,11 @@ from model.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 
+def _optional_path(value: str) -> Path | None:
+    """``--log-dir ''`` turns logging off (``Path('')`` would be the working directory)."""
+    return Path(value).expanduser() if value.strip() else None
+
+
 def default_runs_dir() -> Path:
     """TensorBoard logs: ``$SENTISTREAM_RUNS_DIR`` or ``~/.cache/sentistream/runs`` (outside the repo)."""
     configured = os.environ.get("SENTISTREAM_RUNS_DIR")
@@ -600,7 +605,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", default="auto")
     add("--threads", type=int, default=2)
     add("--cache-dir", type=Path, default=None)
-    add("--log-dir", type=Path, default=default_runs_dir(), help="TensorBoard log root")
+    add("--log-dir", type=_optional_path, default=default_runs_dir(),
+        help="TensorBoard log root ('' = no TensorBoard logs)")
     add("--run-name", default=None)
     add("--out", type=Path, default=None, help="write the best checkpoint here")
     add("--no-progress", dest="progress", action="store_false")
