@@ -25,13 +25,13 @@ def test_sink_bench_writes_an_entry_with_every_method(tmp_path) -> None:
     assert "- command: `.venv/bin/python -m bench.sink --rows 60" in text
     assert "load average (1/5/15 min) at start:" in text
     rows = [line for line in text.splitlines() if line.startswith(f"| {backend} |")]
-    # 2 cases x (sink batch + per-row same commits + per-row commit per row)
-    assert len(rows) == 6
+    # 2 cases x (sink batch by COPY + by VALUES + per-row same commits + per-row commit per row)
+    assert len(rows) == 8
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[4].replace(",", "")) > 0  # posts/s median
-    sink_rows = [r for r in rows if "PostgresSink.write, batches of 25" in r]
-    assert len(sink_rows) == 2 and all(re.search(r"\| \d+\.\d×", r) for r in sink_rows)
+    sink_rows = [r for r in rows if re.search(r"PostgresSink\.write \((copy|values)\), batches of 25", r)]
+    assert len(sink_rows) == 4 and all(re.search(r"\| \d+\.\d×", r) for r in sink_rows)
 
     # A second run appends; the header is written once.
     assert sink.main(argv) == 0

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from connectors.post import MediaRef, Post
 from stream.migrate import make_engine
+from stream.settings import Settings
 from stream.sink import MediaOutcome, PostgresSink, SinkRecord
 from tests.stream.local_http import LocalServer, send
 from tests.stream.test_sink_and_trends import Verdict
@@ -101,10 +102,10 @@ def test_rescore_never_downgrades_pictures_scores_or_windows(embedded_db: str) -
             SinkRecord(p, sentiment=Verdict("neutral", 0.0, model_version="old-model"),
                        media=[stored_ok[m.url] for m in p.media],
                        modalities=("text", "image") if p.media else ("text",)) for p in posts])
-        with engine.begin() as conn:  # the demo's 5-minute windows, which the default settings do not list
+        with engine.begin() as conn:  # a stored window length that the settings do not list (2 minutes)
             conn.execute(text("INSERT INTO window_aggregates (topic, window_start, window_seconds, model_version, "
                               "n_posts, n_negative, n_neutral, n_positive) "
-                              "VALUES ('t', date_trunc('hour', now()), 300, 'old-model', 1, 0, 1, 0)"))
+                              "VALUES ('t', date_trunc('hour', now()), 120, 'old-model', 1, 0, 1, 0)"))
         media_before = _media_rows(engine)
         allow = f"127.0.0.1:{pictures.port}"
 
@@ -124,7 +125,8 @@ def test_rescore_never_downgrades_pictures_scores_or_windows(embedded_db: str) -
         assert sorted(rows) == ["pic-ok", "t0", "t1", "t2", "t3"]  # pic-gone keeps only its stored score
         assert rows["pic-ok"][2] == ("text", "image")
         assert _media_rows(engine) == media_before  # no 'ok' row became an error
-        assert lengths == [(60, 5), (300, 5), (3600, 5)]  # the stored 5-minute length was recomputed too
+        # every configured length, and the stored 2-minute length too
+        assert lengths == [(seconds, 5) for seconds in sorted({*Settings().window_lengths_s, 120})]
 
         second = _run_rescore(embedded_db, "--since", "2d", "--force", "--no-media")
         assert second.returncode == 0, second.stderr[-3000:]

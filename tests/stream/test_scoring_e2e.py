@@ -178,13 +178,14 @@ def test_sigkill_mid_stream_leaves_one_sentiment_per_post_and_exact_aggregates(
     # From scratch: delete the aggregates and recompute every window from the rows.
     from sqlalchemy import create_engine
 
+    from stream.settings import Settings
     from stream.windows import all_window_keys, recompute_windows
 
     engine = create_engine(embedded_db)
     with engine.begin() as conn:
         version = conn.exec_driver_sql("SELECT DISTINCT model_version FROM sentiments").scalar_one()
         conn.exec_driver_sql("DELETE FROM window_aggregates")
-        recompute_windows(conn, all_window_keys(conn, (60, 3600), version), version)
+        recompute_windows(conn, all_window_keys(conn, Settings().window_lengths_s, version), version)
     engine.dispose()
     assert _aggregates(embedded_db) == stored
     assert sum(row[4] for row in stored if row[2] == 3600) == n
