@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 from faust.types import TP
+from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type, wait_exponential
 
 from connectors.broker import BrokerTarget, ensure_topics, faust_broker_settings
 from stream import db_deadline, metrics
@@ -177,6 +178,10 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
 UNEXPECTED_RETRY_MAX_S = 60.0  # cap of the backoff between in-place retries of a batch that failed unexpectedly
 
 
+class BatchGivenBack(Exception):
+    """The batch was released unacked: the worker is stopping or its partitions are being revoked."""
+
+
 async def _process_until_saved(app: faust.App, state: WorkerState, processor: BatchProcessor,
                                messages: Sequence[RawMessage], events: Sequence[Any]) -> Any | None:
     """Process one batch until it is durable; None when it must be given back unacked instead.
@@ -185,43 +190,55 @@ async def _process_until_saved(app: faust.App, state: WorkerState, processor: Ba
     is down, so an exception here is not the data's fault: a bug, or a fault the processor does not know
     to be transient.  Such a batch is never skipped and never acked: the failure is logged with its
     traceback, ``/health`` turns red (component ``pipeline``), and the same batch is retried in place
-    with capped backoff — so a passing fault heals without a restart, and a lasting one keeps the
-    partition's committed offset where it is, visible as a stall.  While the worker is stopping or its
-    partitions are being revoked, the batch is released from Faust's in-flight set unacked instead, and
-    redelivered from the committed offset to whichever worker owns the partition next.
+    with capped exponential backoff — so a passing fault heals without a restart, and a lasting one
+    keeps the partition's committed offset where it is, visible as a stall.  While the worker is
+    stopping or its partitions are being revoked, the batch is released from Faust's in-flight set
+    unacked instead, and redelivered from the committed offset to whichever worker owns the partition next.
     """
-    failures = 0
-    while True:
+
+    def failed(retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        n = retry_state.attempt_number
+        state.health.mark_down("pipeline", f"a batch failed unexpectedly {n} time(s): {type(exc).__name__}: {exc}")
+        if n == 1 or n % 10 == 0:
+            log.error("batch of %d (%s) failed unexpectedly (failure %d); not acked, retrying it in place "
+                      "every <= %.0fs", len(messages), _offsets(messages), n, UNEXPECTED_RETRY_MAX_S,
+                      exc_info=exc)
+
+    async def sleep_unless_yielding(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not batch_must_yield(app):
+            await asyncio.sleep(0.25)
+
+    async def attempt() -> Any:
         try:
-            report = await processor.process(messages)
-        except Exception as exc:  # noqa: BLE001 - never silent: logged, red, retried or given back
-            if batch_must_yield(app):
-                release_unacked(app.consumer, events)
-                reason = "worker stopping" if app.should_stop else "partitions rebalancing"
-                if is_transient(exc):
-                    log.warning("batch of %d not saved (%s with the database down); not acked, it will be "
-                                "redelivered", len(messages), reason)
-                else:
-                    log.error("batch of %d (%s) failed unexpectedly (%s); not acked, it will be redelivered",
-                              len(messages), _offsets(messages), reason, exc_info=exc)
-                return None
-            failures += 1
-            delay = min(UNEXPECTED_RETRY_MAX_S, 2.0 ** min(failures, 6))
-            state.health.mark_down("pipeline", f"a batch failed unexpectedly {failures} time(s): "
-                                               f"{type(exc).__name__}: {exc}")
-            if failures == 1 or failures % 10 == 0:
-                log.error("batch of %d (%s) failed unexpectedly (failure %d); not acked, retrying it in "
-                          "place every <= %.0fs", len(messages), _offsets(messages), failures,
-                          UNEXPECTED_RETRY_MAX_S, exc_info=exc)
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and not batch_must_yield(app):
-                await asyncio.sleep(0.25)
-            continue
-        if failures:
-            log.warning("batch of %d (%s) saved after %d failed attempt(s)", len(messages),
-                        _offsets(messages), failures)
-            state.health.mark_up("pipeline")
-        return report
+            return await processor.process(messages)
+        except Exception as exc:
+            if not batch_must_yield(app):
+                raise
+            release_unacked(app.consumer, events)
+            reason = "worker stopping" if app.should_stop else "partitions rebalancing"
+            if is_transient(exc):
+                log.warning("batch of %d not saved (%s with the database down); not acked, it will be "
+                            "redelivered", len(messages), reason)
+            else:
+                log.error("batch of %d (%s) failed unexpectedly (%s); not acked, it will be redelivered",
+                          len(messages), _offsets(messages), reason, exc_info=exc)
+            raise BatchGivenBack from exc
+
+    retrying = AsyncRetrying(retry=retry_if_not_exception_type(BatchGivenBack),
+                             wait=wait_exponential(multiplier=1, min=2, max=UNEXPECTED_RETRY_MAX_S),
+                             sleep=sleep_unless_yielding, before_sleep=failed, reraise=True)
+    try:
+        report = await retrying(attempt)
+    except BatchGivenBack:
+        return None
+    failures = retrying.statistics.get("attempt_number", 1) - 1
+    if failures:
+        log.warning("batch of %d (%s) saved after %d failed attempt(s)", len(messages), _offsets(messages),
+                    failures)
+        state.health.mark_up("pipeline")
+    return report
 
 
 def _offsets(messages: Sequence[RawMessage]) -> str:
