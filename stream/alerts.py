@@ -26,6 +26,9 @@ above baseline, or count over expected) is large enough, the window has ``min_vo
 series has ``warmup_windows`` closed windows.  A closed look is *normal* when its statistic is below
 ``rearm_z``.  Windows of an ongoing spike (from a firing window until a normal one) stay out of the
 baseline unless the shift lasts ``adapt_after_windows`` windows, when it is accepted as the new normal.
+Any other closed window is folded in with its negative share capped at ``baseline_clip_z`` standard
+errors above the rate, so the first, sub-threshold windows of an incident that builds up do not raise the
+baseline and its spread enough to hide the rest of it.
 
 What a look means for an analyst (open an incident, update it, resolve it, cooldown) is decided by
 ``stream.incidents`` from the looks: in memory for benchmarks and offline analysis, and in PostgreSQL,
@@ -39,7 +42,6 @@ rebuilt from ``window_aggregates`` rows (:func:`restore_series`), so a restarted
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -53,8 +55,6 @@ from sqlalchemy.engine import Connection
 from stream.db import WindowAggregateRow
 from stream.settings import Settings, window_seconds
 from stream.windows import AGGREGATE_COLUMNS, WindowAggregate
-
-logger = logging.getLogger(__name__)
 
 KIND_NEGATIVE_SPIKE = "negative_spike"
 KIND_VOLUME_SPIKE = "volume_spike"
@@ -131,6 +131,11 @@ class SpikeConfig:
     # sample would otherwise multiply the false-alarm rate.
     evaluate_open_windows: bool = True
     open_window_z_margin: float = 0.75
+    # A closed window whose share did not fire is folded into the baseline with its upward deviation capped
+    # at ``baseline_clip_z`` standard errors.  Uncapped, the first windows of an incident that is building
+    # up (too thin, or split by a window boundary) taught the baseline that such shares are normal: the rate
+    # rose and the spread grew, and the incident's clearest windows no longer fired (bench/RESULTS.md).
+    baseline_clip_z: float | None = 2.0
     # A window closes once a window this many lengths later has arrived: batches from several partitions
     # interleave, so window W can still be filling after W+1 has started.
     lateness_windows: int = 1
@@ -419,7 +424,9 @@ class SpikeDetector:
         if agg.n_posts == 0 and state.baseline.windows == 0:
             return
         if not keep_out:
-            fold(state.baseline, agg, cfg.alpha)
+            fired = any(look.fires for look in looks if look.kind == KIND_NEGATIVE_SPIKE)
+            fold(state.baseline, agg, cfg.alpha, clip_z=None if fired or state.baseline.windows < cfg.warmup_windows
+                 else cfg.baseline_clip_z)
 
 
 def share_test(k: int, n: int, b: _Baseline, rate_floor: float = 0.02) -> dict[str, float]:
@@ -476,19 +483,32 @@ def count_test(count: int, b: _Baseline, window_start: datetime, window_seconds:
     }
 
 
-def fold(b: _Baseline, agg: WindowAggregate, alpha: float) -> None:
-    """Fold a normal closed window into the baseline: plain averages while warming up, then EWMA."""
+def fold(b: _Baseline, agg: WindowAggregate, alpha: float, clip_z: float | None = None) -> None:
+    """Fold a normal closed window into the baseline: plain averages while warming up, then EWMA.
+
+    With ``clip_z``, a negative share above the baseline rate by more than ``clip_z`` standard errors is
+    folded in as if it were just that far above (winsorised): a window that did not fire must not teach
+    the baseline that spikes are normal.  A spike that fired and lasted (``adapt_after_windows``) is folded
+    in unclipped, so a real change of level is still learnt.  Counts are not clipped: before the seasonal
+    factors are learnt, a busy hour's rise is a large deviation that the level must follow (clipping it
+    made the morning ramp page every day at ``high``).
+    """
     a = max(alpha, 1.0 / (b.windows + 1))
     n = agg.n_posts
+    negatives = float(agg.n_negative)
     if n > 0:
         share = agg.n_negative / n
         rate = b.rate if b.posts > 0 else share
         p = min(max(rate, 0.02), 0.98)
+        if clip_z is not None:
+            cap = rate + clip_z * math.sqrt(p * (1 - p) / n + max(0.0, b.dev2 - b.binvar))
+            if share > cap:
+                share, negatives = cap, cap * n
         b.dev2 += a * ((share - rate) ** 2 - b.dev2)
         b.binvar += a * (p * (1 - p) / n - b.binvar)
         # Volume-weighted rate: plain sums while warming up, then the memory decays by (1 - alpha).
         keep = 1.0 if b.windows < 1.0 / alpha else 1.0 - alpha
-        b.neg = keep * b.neg + agg.n_negative
+        b.neg = keep * b.neg + negatives
         b.posts = keep * b.posts + n
     factor = seasonal_factor(b, agg.window_start, agg.window_seconds)
     diff = n / factor - b.level

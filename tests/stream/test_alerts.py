@@ -108,6 +108,19 @@ def test_thin_windows_of_a_quiet_topic_still_alert_on_a_clear_shift() -> None:
     assert [(a.kind, a.window_start) for a in alerts] == [(KIND_NEGATIVE_SPIKE, T0 + timedelta(minutes=40))]
 
 
+def test_an_incident_that_builds_up_is_not_learnt_as_normal_by_its_first_windows() -> None:
+    """Shares of 32 %, 34 %, 37 % (baseline 20 %, 100 posts a 15-minute window): the first two are below the
+    threshold and are folded into the baseline, capped at 2 standard errors above it, so the third still
+    fires; folded in whole (``baseline_clip_z=None``, the old rule) they raised the rate and its spread
+    enough that it did not."""
+    base = [_agg("acme", i, 100, (17, 23, 20, 18, 22)[i % 5], 900) for i in range(40)]
+    feed = (base + [_agg("acme", 40 + j, 100, k, 900) for j, k in enumerate((32, 34, 37))]
+            + [_agg("acme", 43 + j, 100, 20, 900) for j in range(3)])
+    closed_only = {"open_window_z_margin": 10.0}
+    assert [a.window_start for a in detect(feed, SpikeConfig(**closed_only))] == [T0 + timedelta(minutes=42 * 15)]
+    assert detect(feed, SpikeConfig(**closed_only, baseline_clip_z=None)) == []
+
+
 def test_few_posts_cannot_fire() -> None:
     base = [_agg("acme", i, 50, 10) for i in range(20)]
     assert detect(base + [_agg("acme", 20, 3, 3)]) == []
@@ -349,3 +362,22 @@ def test_the_sample_outage_is_explained_by_its_own_words() -> None:
     terms = [t["term"] for t in fightin_words(outage, before)]
     assert {"outage", "check-in", "app"} <= set(terms[:5]), terms
     assert "#skywaysdown" in terms and "skyways" not in terms
+
+
+def test_a_model_that_fails_on_the_examples_costs_the_words_not_the_alert() -> None:
+    """Attended words come from the worker's model: when it raises or answers for the wrong number of
+    posts, the explanation says so and the examples stay as they were; without a model it says why."""
+    from stream.alert_explanation import attach_attended_words
+
+    def broken(texts: list[str]) -> list[list[tuple[str, float]]]:
+        raise RuntimeError("CUDA out of memory")
+
+    examples = [{"text": "app down"}, {"text": "outage"}]
+    assert attach_attended_words(examples, broken) == (None, "not available (the model failed: RuntimeError: "
+                                                            "CUDA out of memory)")
+    assert attach_attended_words(examples, lambda texts: [[("app", 0.5)]])[0] is None  # one answer for two
+    assert all("attended_words" not in e for e in examples)
+    assert "no model" in attach_attended_words(examples, None)[1]
+    overall, _ = attach_attended_words(examples, lambda texts: [[(t.split()[0], 0.6)] for t in texts])
+    assert examples[0]["attended_words"] == [{"word": "app", "weight": 0.6}]
+    assert overall == [{"word": "app", "weight": 0.3}, {"word": "outage", "weight": 0.3}]
