@@ -134,7 +134,10 @@ def create_app(settings: Settings, broker: BrokerTarget, processor_factory: Proc
                 await stream.ack(e)
             _record(app, state, messages, report)
 
-    epoch_watch = BrokerEpochWatch(settings.topic_raw, kafka_cluster_id(broker.bootstrap_servers))
+    # The epoch in force when the worker starts, read now: a first probe left to the timer could first
+    # answer after a restart and take the new broker's id for the old one, missing the change.
+    cluster_id_probe = kafka_cluster_id(broker.bootstrap_servers)
+    epoch_watch = BrokerEpochWatch(settings.topic_raw, cluster_id_probe, cluster_id=cluster_id_probe())
 
     @app.timer(settings.epoch_check_interval_s)
     async def watch_broker_epochs() -> None:
