@@ -24,20 +24,16 @@ from stream.dashboard.read_model import DashboardReader
 from stream.dashboard.server import create_app
 from stream.embedded import free_port
 from stream.sink import MediaOutcome, PostgresSink, SinkRecord
+from tests.stream.verdicts import Verdict as BaseVerdict
 
 HOSTILE_TEXT = '<img src=x onerror="window.__pwned=1"><script id="evil">window.__pwned=2</script> refund now'
 
 
 @dataclass
-class Verdict:
-    label: str
-    intensity: float
-    model_version: str = "m1"
-    modality_weights: dict[str, float] = field(default_factory=lambda: {"text": 0.7, "image": 0.3})
+class Verdict(BaseVerdict):
+    """A text+picture verdict: the dashboard shows which modality counted."""
 
-    @property
-    def probabilities(self) -> dict[str, float]:
-        return {k: (0.8 if k == self.label else 0.1) for k in ("negative", "neutral", "positive")}
+    modality_weights: dict[str, float] = field(default_factory=lambda: {"text": 0.7, "image": 0.3})
 
 
 @dataclass

@@ -17,7 +17,7 @@ from stream.migrate import make_engine
 from stream.settings import Settings
 from stream.sink import MediaOutcome, PostgresSink, SinkRecord
 from tests.stream.local_http import LocalServer, send
-from tests.stream.test_sink_and_trends import Verdict
+from tests.stream.verdicts import Verdict
 
 
 def _run_rescore(database_url: str, *args: str, media: bool = False,

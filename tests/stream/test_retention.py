@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,21 +20,12 @@ from stream.retention import RetentionPolicy, apply_retention
 from stream.settings import Settings
 from stream.sink import MediaOutcome, PostgresSink, SinkRecord
 from stream.windows import rebuild_windows
+from tests.stream.verdicts import Verdict
 
 NOW = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
 HOUR = 3600
 
 
-@dataclass
-class Verdict:
-    label: str
-    intensity: float
-    model_version: str = "m1"
-    modality_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0})
-
-    @property
-    def probabilities(self) -> dict[str, float]:
-        return {k: (0.8 if k == self.label else 0.1) for k in ("negative", "neutral", "positive")}
 
 
 def _write(engine: Engine, ages: dict[str, timedelta], *, now: datetime = NOW) -> None:

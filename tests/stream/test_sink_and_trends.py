@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
@@ -14,19 +13,7 @@ from connectors.post import MediaRef, Post
 from stream.migrate import make_engine
 from stream.sink import DeadLetter, MediaOutcome, PostgresSink, SinkRecord
 from stream.trends import query_trends, render_trends
-
-
-@dataclass
-class Verdict:
-    label: str
-    intensity: float
-    model_version: str = "m1"
-    modality_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0})
-
-    @property
-    def probabilities(self) -> dict[str, float]:
-        return {k: (0.8 if k == self.label else 0.1) for k in ("negative", "neutral", "positive")}
-
+from tests.stream.verdicts import Verdict
 
 # One base time for the whole module: posts meant for the same minute bucket never straddle a tick.
 BASE = datetime.now(UTC).replace(second=5, microsecond=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
@@ -13,20 +12,11 @@ from connectors.post import MediaRef, Post
 from stream.migrate import make_engine
 from stream.sink import MediaOutcome, PostgresSink, SinkRecord
 from stream.trends import COLUMNS, TrendRow, query_trends
+from tests.stream.verdicts import Verdict
 
 NOW = datetime(2026, 3, 4, 10, 17, 42, tzinfo=UTC)
 
 
-@dataclass
-class Verdict:
-    label: str
-    intensity: float
-    model_version: str = "m1"
-    modality_weights: dict[str, float] = field(default_factory=lambda: {"text": 1.0})
-
-    @property
-    def probabilities(self) -> dict[str, float]:
-        return {k: (0.8 if k == self.label else 0.1) for k in ("negative", "neutral", "positive")}
 
 
 posts_strategy = st.lists(
