@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from connectors.post import Post
+from model.scorer import SentimentResult
 from stream.embedded import free_port
 from stream.pipeline import BatchProcessor, RawMessage, RetryPolicy, unscored_label
 from stream.sink import MAX_DEAD_LETTER_PAYLOAD, DeadLetter, PostgresSink, SinkRecord, is_transient
@@ -99,15 +100,6 @@ def test_an_unexpected_error_is_bisected_to_the_message_that_trips_it(engine: En
 
 
 @dataclass
-class _Verdict:
-    label: str
-    probabilities: dict[str, float]
-    intensity: float
-    modality_weights: dict[str, float]
-    model_version: str
-
-
-@dataclass
 class PickyScorer:
     """A small real scorer (a word count of 'good'/'bad') whose prepare cannot take one kind of text,
     like a tokenizer meeting an input it chokes on; ``broken`` fails every batch, like a lost GPU."""
@@ -126,12 +118,12 @@ class PickyScorer:
                 raise ValueError("tokenizer cannot take this text")
         return list(inputs)
 
-    def score_prepared(self, prepared: list[str]) -> list[_Verdict]:
+    def score_prepared(self, prepared: list[str]) -> list[SentimentResult]:
         out = []
         for t in prepared:
             score = t.count("good") - t.count("bad")
             label = "positive" if score > 0 else "negative" if score < 0 else "neutral"
-            out.append(_Verdict(label, {label: 1.0}, float(score), {"text": 1.0}, self.model_version))
+            out.append(SentimentResult(label, {label: 1.0}, float(score), {"text": 1.0}, self.model_version))
         return out
 
 
