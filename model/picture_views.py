@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from model.data import Example
 from model.progress import progress_bar
+from model.split_view import SplitView
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def build_views(cache_root: Path, encoder: Any, dataset: str, split: str, exampl
     return vectors, present
 
 
-class AugmentedPictures(Dataset):
+class AugmentedPictures(SplitView):
     """A cached split whose items carry a randomly drawn augmented view instead of the centre crop.
 
     ``views_by_id``: id -> (V, D) vectors; items whose id is absent keep their cached picture.
@@ -100,19 +101,8 @@ class AugmentedPictures(Dataset):
     """
 
     def __init__(self, dataset: Dataset, views_by_id: dict[str, np.ndarray]) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.views_by_id = views_by_id
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    @property
-    def text(self) -> Any:
-        return getattr(self.dataset, "text", None)
-
-    @property
-    def labels(self) -> Any:
-        return getattr(self.dataset, "labels", None)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.dataset[index])

@@ -44,6 +44,7 @@ from model.config import ModelConfig
 from model.data import FIVE_POINT_SCALE, intensity_to_five_point
 from model.network import PROXY_INTENSITY, SentimentNet
 from model.progress import progress_bar
+from model.split_view import SplitView
 
 logger = logging.getLogger(__name__)
 
@@ -77,23 +78,16 @@ def resolve_device(device: str) -> torch.device:
 # ---------------------------------------------------------------------------------------------
 
 
-class IntensityLabelled(Dataset):
+class IntensityLabelled(SplitView):
     """A cached split whose items also carry ``intensity`` (-3..+3) looked up by id; ids without one
     get None, and their intensity loss is masked.  ``label_by_id`` replaces the class label of the
     ids it lists (4C tweets take their SemEval 4A label, the 3-class head's own definition)."""
 
     def __init__(self, dataset: Dataset, intensity_by_id: dict[str, float],
                  label_by_id: dict[str, int] | None = None) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.intensity_by_id = intensity_by_id
         self.label_by_id = label_by_id or {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    @property
-    def text(self) -> Any:
-        return getattr(self.dataset, "text", None)
 
     @property
     def labels(self) -> Any:
