@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import requests
 from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -165,3 +168,15 @@ def served(reader: DashboardReader, refresh_s: float = 2.0) -> Iterator[str]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+def first_answer(process: subprocess.Popen[str], url: str, timeout_s: float = 120.0) -> requests.Response:
+    """GET ``url`` as soon as the ``sentistream dashboard`` child listens; its stderr if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return requests.get(url, timeout=10)
+        except requests.ConnectionError:
+            assert process.poll() is None, process.stderr.read() if process.stderr else "dashboard exited"
+            assert time.monotonic() < deadline, "the dashboard did not start listening"
+            time.sleep(0.3)

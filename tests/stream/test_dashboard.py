@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg2.errors
@@ -23,7 +22,7 @@ from stream.dashboard.read_model import MAX_BUCKETS, DashboardReader, QueryError
 from stream.dashboard.server import STATIC_DIR
 from stream.embedded import free_port
 from stream.migrate import make_engine
-from tests.stream.dashboard_data import HOSTILE_TEXT, Verdict, hour_of, seed, served
+from tests.stream.dashboard_data import HOSTILE_TEXT, Verdict, first_answer, hour_of, seed, served
 
 # --- the confidence band ---------------------------------------------------------------------------
 
@@ -280,15 +279,7 @@ def test_sentistream_dashboard_command_serves_the_configured_database(seeded, mi
     process = subprocess.Popen([sys.executable, "-m", "stream.cli", "dashboard", "--port", str(port)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                answer = requests.get(f"http://127.0.0.1:{port}/api/series?since=6h&bucket=hour", timeout=10)
-                break
-            except requests.ConnectionError:
-                assert process.poll() is None, process.stderr.read()
-                assert time.monotonic() < deadline, "the dashboard did not start listening"
-                time.sleep(0.3)
+        answer = first_answer(process, f"http://127.0.0.1:{port}/api/series?since=6h&bucket=hour")
         assert answer.status_code == 200
         assert {t["topic"] for t in answer.json()["topics"]} == {"acme-phone", "skyways"}
     finally:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import requests
 from sqlalchemy import text
 
 from connectors.post import Post
@@ -18,7 +16,7 @@ from stream.demo import forget_previous_run, sample_lines
 from stream.embedded import free_port
 from stream.migrate import make_engine
 from stream.sink import PostgresSink, SinkRecord
-from tests.stream.dashboard_data import Verdict, insert_alert
+from tests.stream.dashboard_data import Verdict, first_answer, insert_alert
 
 
 def _env(home) -> dict[str, str]:
@@ -51,15 +49,7 @@ def test_after_the_demo_trends_and_dashboard_show_its_data(tmp_path) -> None:
     dashboard = subprocess.Popen([sys.executable, "-m", "stream.cli", "dashboard", "--port", str(port)],
                                  env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                series = requests.get(f"http://127.0.0.1:{port}/api/series?since=6h&bucket=hour", timeout=10)
-                break
-            except requests.ConnectionError:
-                assert dashboard.poll() is None, dashboard.stderr.read()
-                assert time.monotonic() < deadline, "the dashboard did not start listening"
-                time.sleep(0.3)
+        series = first_answer(dashboard, f"http://127.0.0.1:{port}/api/series?since=6h&bucket=hour")
         assert series.status_code == 200
         assert sum(t["total_posts"] for t in series.json()["topics"]) == n
     finally:
