@@ -12,6 +12,7 @@ replay rewrites the same rows instead of adding new ones:
 * ``alert_deliveries``  (alert_id, destination) — the delivery outbox; ``alert_mutes`` (topic)
 * ``dead_letters``      (source_topic, source_partition, source_offset)
 * ``source_cursors``    (source) — connectors resume from here after a restart
+* ``picture_features``  (sha256, encoder) — the picture-feature cache; rows are never rewritten
 """
 
 from __future__ import annotations
@@ -275,7 +276,27 @@ class SourceCursorRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class PictureFeatureRow(Base):
+    """The picture-feature cache shared by workers (stream/picture_cache.py, 0006).
+
+    ``encoder`` names the image encoder and its preprocessing version, so a new encoder never reads old
+    vectors; ``feature`` is ``dim`` little-endian ``dtype`` values (float16 or float32), checked on read.
+    """
+
+    __tablename__ = "picture_features"
+    __table_args__ = (Index("ix_picture_features_last_used_at", "last_used_at"),)
+
+    sha256: Mapped[str] = mapped_column(Text, primary_key=True)
+    encoder: Mapped[str] = mapped_column(Text, primary_key=True)
+    dtype: Mapped[str] = mapped_column(Text)  # float16 | float32
+    dim: Mapped[int] = mapped_column(Integer)
+    feature: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 __all__ = [
-    "AlertDeliveryAttemptRow", "AlertDeliveryRow", "AlertIncidentRow", "AlertMuteRow", "AlertRow", "Base", "DeadLetterRow", "PostMediaRow", "PostRow", "SentimentRow",
+    "AlertDeliveryAttemptRow", "AlertDeliveryRow", "AlertIncidentRow", "AlertMuteRow", "AlertRow", "Base", "DeadLetterRow", "PictureFeatureRow", "PostMediaRow", "PostRow",
+    "SentimentRow",
     "SourceCursorRow", "WindowAggregateRow",
 ]

@@ -18,7 +18,8 @@ from stream.migrate import (
     upgrade,
 )
 
-TABLES = {"posts", "post_media", "sentiments", "window_aggregates", "alerts", "dead_letters", "source_cursors"}
+TABLES = {"posts", "post_media", "sentiments", "window_aggregates", "alerts", "dead_letters", "source_cursors",
+          "picture_features"}
 
 
 def test_upgrade_from_empty_then_downgrade_to_empty(fresh_db: str) -> None:
