@@ -34,6 +34,15 @@ def metric(base: str, name: str) -> float:
     return float(found.group(1))
 
 
+def wait_for_metric(base: str, name: str, at_least: float, on_fail) -> None:
+    """The worker counts a batch after its rows are committed, its windows recomputed and its events
+    acked, so a test that saw the rows must wait for the counters too (a liveness bound: the exact value
+    is asserted after)."""
+    seen: list[float] = []
+    wait_for(lambda: seen.append(metric(base, name)) or seen[-1] >= at_least, 30, f"{name} >= {at_least}",
+             lambda: f"last {seen[-1] if seen else None}\n{on_fail()}")
+
+
 def health(base: str) -> dict:
     return requests.get(f"{base}/health", timeout=5).json()
 
@@ -54,6 +63,7 @@ def test_idle_worker_stores_a_lone_post_without_waiting_for_the_batch_to_fill(
     for i in range(3):  # one at a time: each is stored alone, long before a 10-minute latency bound
         publish(broker, make_posts(1, prefix=f"lone{i}-"))
         wait_for(lambda i=i: count_posts(embedded_db) == 2 + i, 30, f"lone post {i} stored", worker.log)
+    wait_for_metric(base, "sentistream_batch_size_sum", 4, worker.log)
     assert metric(base, "sentistream_batch_size_count") == 4
     assert metric(base, "sentistream_batch_size_sum") == 4
     assert worker.stop() == 0, worker.log()
@@ -65,6 +75,7 @@ def test_a_burst_fills_batches_to_the_size_bound(broker, embedded_db, worker_fac
     worker = worker_factory(broker, embedded_db, scoring="false", batch_size=str(size))
     base = f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}"
     wait_for(lambda: count_posts(embedded_db) == n, 120, f"all {n} posts", worker.log)
+    wait_for_metric(base, "sentistream_batch_size_sum", n, worker.log)
     batches = metric(base, "sentistream_batch_size_count")
     assert metric(base, "sentistream_batch_size_sum") == n
     # 12 full batches would do; gathering what is already fetched may start with a partial batch or two
@@ -115,6 +126,7 @@ def test_a_backlog_older_than_the_overload_lag_is_scored_text_only_then_pictures
         assert state["status"] == "ok" and state["overload"]["active"] is True, state  # degraded, not down
         assert state["overload"]["episodes"] == 1 and state["overload"]["lag_s"] > lag_s
         assert metric(base, "sentistream_overload") == 1
+        wait_for_metric(base, 'sentistream_media_fetches_total{status="skipped_overload"}', 10, worker.log)
         assert metric(base, 'sentistream_media_fetches_total{status="skipped_overload"}') == 10
 
         # Caught up: a fresh post waits far less than a quarter of the threshold, so its picture is used.

@@ -48,8 +48,11 @@ def test_replay_to_postgres_is_idempotent(broker, embedded_db, worker_factory, t
     # The analyst view counts each post once.
     assert scalar(embedded_db, "SELECT sum(n_posts) FROM trend_minute WHERE topic = 'acme'") == 120
 
-    # Operators see the same through /health and /metrics on the worker's web port.
+    # Operators see the same through /health and /metrics on the worker's web port.  A batch is counted
+    # after its rows are committed, its windows recomputed and its events acked: wait for the count.
     base = f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}"
+    wait_for(lambda: requests.get(f"{base}/health", timeout=5).json()["counts"]["posts_written"] >= 240, 30,
+             "/health to count every written post", worker.log)
     health = requests.get(f"{base}/health", timeout=5)
     assert health.status_code == 200, health.text
     body = health.json()
