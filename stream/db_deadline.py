@@ -86,11 +86,13 @@ class DatabaseCallDeadline:
                        if c.deadline_s > 0 and not c.cut and now - c.started > c.deadline_s]
             for c in expired:
                 c.cut = True
+            # Counted before the socket is shut: the cut call wakes the moment it is, and whoever reads
+            # the count after its error must see it.
+            self.cut_count += len(expired)
         for c in expired:
             log.warning("database %s has not answered for %.0fs (deadline %.0fs); dropping its connection",
                         c.what, now - c.started, c.deadline_s)
             _shutdown_socket(c.dbapi_connection)
-            self.cut_count += 1
         return len(expired)
 
     def _watch(self) -> None:
