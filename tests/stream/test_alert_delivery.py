@@ -236,8 +236,11 @@ def test_a_webhook_down_for_a_while_gets_the_alert_once_it_is_back_even_after_a_
     deliverer (a restarted worker) continues it, and the receiver gets exactly one request once it answers."""
     _, alert_id = store_alert(engine)
     port = free_port()
+    # The first backoff is long, so "not due yet" holds however slow the machine is; the test then moves
+    # the stored retry time to now (the row's clock is the database's: nothing else can fast-forward it).
+    first = AlertDeliverer(engine, webhook=WebhookSender(f"http://127.0.0.1:{port}/hook", timeout_s=2),
+                           policy=DeliveryPolicy(backoff_base_s=60.0, backoff_cap_s=60.0, lease_s=30.0))
     policy = DeliveryPolicy(backoff_base_s=0.5, backoff_cap_s=1.0, lease_s=30.0)
-    first = AlertDeliverer(engine, webhook=WebhookSender(f"http://127.0.0.1:{port}/hook", timeout_s=2), policy=policy)
     failed_before = counter("webhook", "failed")
 
     assert asyncio.run(first.deliver_due()).outcomes.get("failed") == 1  # nobody listening
@@ -250,7 +253,9 @@ def test_a_webhook_down_for_a_while_gets_the_alert_once_it_is_back_even_after_a_
 
     receiver = Receiver(port=port, status=503).start()  # up, but unhealthy
     try:
-        time.sleep(1.3)
+        with engine.begin() as conn:  # the backoff has passed
+            conn.execute(text("UPDATE alert_deliveries SET next_attempt_at = clock_timestamp() WHERE id = :d"),
+                         {"d": row["id"]})
         restarted = AlertDeliverer(engine, webhook=WebhookSender(receiver.url, timeout_s=2), policy=policy)
         assert asyncio.run(restarted.deliver_due()).outcomes == {"failed": 1}
         assert deliveries(engine, alert_id)["webhook"]["last_status"] == "HTTP 503"
@@ -275,7 +280,7 @@ def test_a_delivery_that_keeps_failing_gives_up_at_the_max_age_and_is_counted(en
     expired_before = counter("webhook", "expired")
     try:
         deliverer = AlertDeliverer(engine, webhook=WebhookSender(receiver.url, timeout_s=2),
-                                   policy=DeliveryPolicy(max_age_s=1.0, backoff_base_s=5.0, lease_s=30.0))
+                                   policy=DeliveryPolicy(max_age_s=10.0, backoff_base_s=30.0, lease_s=30.0))
         # the next try would be too late (the Kafka row is skipped: no producer in this test)
         assert asyncio.run(deliverer.deliver_due()).outcomes == {"expired": 1, "skipped": 1}
         assert asyncio.run(deliverer.deliver_due()).handled == 0
@@ -289,11 +294,13 @@ def test_a_delivery_that_keeps_failing_gives_up_at_the_max_age_and_is_counted(en
 def test_a_claim_whose_deliverer_died_is_taken_over_when_its_lease_ends(engine: Engine, receiver: Receiver) -> None:
     _, alert_id = store_alert(engine)
     with engine.begin() as conn:  # a deliverer claimed it and was killed before sending
-        conn.execute(text("UPDATE alert_deliveries SET claimed_until = now() + interval '1 second', "
+        conn.execute(text("UPDATE alert_deliveries SET claimed_until = clock_timestamp() + interval '1 hour', "
                           "claim_token = 'dead' WHERE alert_id = :a"), {"a": alert_id})
     deliverer = AlertDeliverer(engine, webhook=WebhookSender(receiver.url), policy=FAST)
     assert asyncio.run(deliverer.deliver_due()).handled == 0
-    time.sleep(1.2)
+    with engine.begin() as conn:  # its lease ends (moved, not slept: a slow machine cannot outrun it)
+        conn.execute(text("UPDATE alert_deliveries SET claimed_until = clock_timestamp() - interval '1 second' "
+                          "WHERE alert_id = :a"), {"a": alert_id})
     assert asyncio.run(deliverer.deliver_due()).outcomes.get("delivered") == 1
     assert len(receiver.requests) == 1
 
