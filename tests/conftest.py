@@ -87,6 +87,21 @@ def embedded_postgres() -> Iterator[EmbeddedPostgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def server_tmp() -> Iterator[Path]:
+    """An empty folder (0755) for a test's own embedded PostgreSQL data, outside pytest's temp root.
+
+    When we are root the server runs as its own OS user, which must traverse every folder above its data.
+    pytest keeps its root (/tmp/pytest-of-<user>) at 0700 and puts it back to 0700 whenever another
+    pytest session starts, so a server started under tmp_path could fail with 'Permission denied'."""
+    base = Path(tempfile.mkdtemp(prefix="sentistream-test-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def _configured_url() -> str | None:
     url = os.environ.get("SENTISTREAM_TEST_DATABASE_URL")
     if url and url.strip().lower() == "none":

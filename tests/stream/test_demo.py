@@ -15,11 +15,10 @@ from stream.demo import sample_lines
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_end_to_end_on_embedded_services(tmp_path) -> None:
-    home = tmp_path / "home"
+def test_demo_runs_end_to_end_on_embedded_services(server_tmp) -> None:
+    home = server_tmp / "home"
     home.mkdir()
-    home.chmod(0o755)
-    tmp_path.chmod(0o755)  # the embedded server runs as its own OS user when we are root
+    home.chmod(0o755)  # the embedded server runs as its own OS user when we are root
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTISTREAM_")}
     env["SENTISTREAM_HOME"] = str(home)
     done = subprocess.run([sys.executable, "-m", "stream.cli", "demo", "--timeout", "300"], env=env,

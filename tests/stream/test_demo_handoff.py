@@ -26,11 +26,10 @@ def _env(home) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_after_the_demo_trends_and_dashboard_show_its_data(tmp_path) -> None:
-    tmp_path.chmod(0o755)  # the embedded server runs as its own OS user when we are root
-    home = tmp_path / "home"
+def test_after_the_demo_trends_and_dashboard_show_its_data(server_tmp) -> None:
+    home = server_tmp / "home"
     home.mkdir()
-    home.chmod(0o755)
+    home.chmod(0o755)  # the embedded server runs as its own OS user when we are root
     demo = subprocess.run([sys.executable, "-m", "stream.cli", "demo", "--timeout", "300"], env=_env(home),
                           capture_output=True, text=True, timeout=400)
     assert demo.returncode == 0, demo.stderr[-4000:]

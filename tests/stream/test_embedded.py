@@ -59,12 +59,8 @@ def test_embedded_broker_round_trip_and_clean_stop(tmp_path: Path) -> None:
     assert not _alive(pid)
 
 
-def test_embedded_postgres_is_reused_between_runs_and_stops(tmp_path: Path) -> None:
-    base = tmp_path / "svc"
-    base.mkdir()
-    for p in (tmp_path, base):
-        p.chmod(0o755)  # the server runs as its own OS user when we are root
-    pgdata = base / "pgdata"
+def test_embedded_postgres_is_reused_between_runs_and_stops(server_tmp: Path) -> None:
+    pgdata = server_tmp / "pgdata"  # not under tmp_path: the server runs as its own OS user when we are root
     with EmbeddedPostgres(pgdata) as pg:
         conn = psycopg2.connect(pg.url)
         conn.autocommit = True
