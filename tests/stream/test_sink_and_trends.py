@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 
 from connectors.post import MediaRef, Post
@@ -15,8 +16,16 @@ from stream.sink import DeadLetter, MediaOutcome, PostgresSink, SinkRecord
 from stream.trends import query_trends, render_trends
 from tests.stream.verdicts import Verdict
 
-# One base time for the whole module: posts meant for the same minute bucket never straddle a tick.
+# One base time per test: posts meant for the same minute bucket never straddle a tick.
 BASE = datetime.now(UTC).replace(second=5, microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _base_now() -> None:
+    """BASE is taken again when each test starts: taken at import (collection), posts "30 minutes ago"
+    fell out of a real-clock "--since 1h" once the suite had run for half an hour before this test."""
+    global BASE
+    BASE = datetime.now(UTC).replace(second=5, microsecond=0)
 
 
 def _post(i: int, minute: int, topic: str = "acme", **kw: object) -> Post:
