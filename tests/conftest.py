@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from hypothesis import HealthCheck, settings
 
 from stream import migrate
 from stream.embedded import EmbeddedPostgres, to_sqlalchemy_url
@@ -28,6 +29,12 @@ from stream.embedded import EmbeddedPostgres, to_sqlalchemy_url
 DEFAULT_CONFIGURED = "postgresql://postgres@127.0.0.1:5432/test"
 
 FULL_DATA_SETS = ("semeval2017-task4a", "tweeteval-sentiment", "mvsa-single")
+
+# Property tests check results, not speed: on a loaded 2-core box an example that waits 200 ms for the CPU
+# failed with DeadlineExceeded (or Flaky, when its replay was fast).  No per-example deadline and no
+# too_slow health check, for every @given test; a test's own @settings still set the rest.
+settings.register_profile("sentistream", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("sentistream")
 
 
 def pytest_configure(config: pytest.Config) -> None:
