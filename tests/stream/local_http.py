@@ -31,6 +31,18 @@ class LocalServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep pytest output clean
                 return
 
+            def _leave(self) -> None:
+                with server._lock:
+                    if getattr(self, "_waiting", False):
+                        self._waiting = False
+                        server.in_flight -= 1
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                # A request is in flight until its answer starts: a client that has the answer may send
+                # its next request before this thread runs again, which counted one request too many.
+                self._leave()
+                super().send_response(code, message)
+
             def _dispatch(self) -> None:
                 path = self.path.split("?", 1)[0]
                 length = int(self.headers.get("Content-Length") or 0)
@@ -42,6 +54,7 @@ class LocalServer:
                     server.bodies.append(body)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    self._waiting = True
                 try:
                     route = server.routes.get(path)
                     if route is None:
@@ -51,8 +64,7 @@ class LocalServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
-                    with server._lock:
-                        server.in_flight -= 1
+                    self._leave()
 
             do_GET = _dispatch
             do_POST = _dispatch
