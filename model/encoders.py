@@ -14,6 +14,7 @@ import logging
 import os
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -77,6 +78,7 @@ class TextEncoder(nn.Module):
         self.dim: int = int(self.model.config.hidden_size)
         self.num_layers: int = int(self.model.config.num_hidden_layers)
         self.int8 = False  # see quantize_dynamic_int8
+        self.onnx: dict[int, Any] = {}  # layer -> model.onnx_encoders.OnnxEncoder, see use_onnx
 
     @staticmethod
     def cache_name(name_or_path: str | None) -> str:
@@ -97,6 +99,32 @@ class TextEncoder(nn.Module):
         self.model = quantize_dynamic(self.model, {nn.Linear}, dtype=torch.qint8)
         self.int8 = True
         return self
+
+    def use_onnx(self, layer: int | None = None, cache_dir: Path | None = None) -> bool:
+        """CPU serving: run this encoder up to ``layer`` (default: the last) in ONNX Runtime, fp32, from a
+        graph exported once into the user's cache (``model.onnx_encoders``).  Used only where no gradient
+        is recorded and the inputs are on the CPU; training and Grad-CAM still run torch.  Returns whether
+        it is in use: False when the export failed (logged) or the encoder is int8-quantised."""
+        from model.onnx_encoders import TokenVectors, load_or_export
+
+        layer = self.num_layers if layer is None else layer
+        self._check_layer(layer)
+        if self.int8:
+            return False
+        example = self.tokenize(["a padded example", "a longer example post, so that the first one is padded"])
+        axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                "token_vectors": {0: "batch", 1: "tokens"}}
+        session = load_or_export(self.name, f"layer{layer}", TokenVectors(self.model, layer, self.num_layers),
+                                 (example["input_ids"], example["attention_mask"]),
+                                 ("input_ids", "attention_mask"), "token_vectors", axes, cache_dir)
+        if session is not None:
+            self.onnx[layer] = session
+        return session is not None
+
+    def _onnx_for(self, layer: int, input_ids: Tensor) -> Any | None:
+        if not self.onnx or torch.is_grad_enabled() or input_ids.device.type != "cpu":
+            return None
+        return self.onnx.get(layer)
 
     def prepare_text(self, text: str) -> str:
         """``normalize_text`` plus spelling out symbols (emoji) the vocabulary would turn into [UNK]:
@@ -129,6 +157,9 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Token vectors of the last layer, (B, T) -> (B, T, D_t)."""
+        session = self._onnx_for(self.num_layers, input_ids)
+        if session is not None:
+            return session(input_ids, attention_mask)
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
@@ -143,6 +174,9 @@ class TextEncoder(nn.Module):
         fine-tunes the top k layers without recomputing the frozen ones.
         """
         self._check_layer(layer)
+        session = self._onnx_for(layer, input_ids)
+        if session is not None:
+            return session(input_ids, attention_mask)
         return self.hidden_states(input_ids, attention_mask)[layer]
 
     def forward_from(self, hidden: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
@@ -318,6 +352,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"unknown image encoder {name!r}; use 'efficientnet_lite0' or 'resnet50'")
         self.backbone.eval()
         self.inference_optimized = False  # see optimize_for_inference
+        self.onnx: Any | None = None  # model.onnx_encoders.OnnxEncoder, see use_onnx
         to_float = [transforms.ToImage(), transforms.ToDtype(torch.float32, scale=True)]
         normalise = _ToModelRange(mean, std)
         self._eval_transform = transforms.Compose(
@@ -346,9 +381,23 @@ class ImageEncoder(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         """(B, 3, 224, 224) -> (B, D_v) global average pooled features."""
+        if self.onnx is not None and not torch.is_grad_enabled() and pixels.device.type == "cpu":
+            return self.onnx(pixels)
         if self.inference_optimized:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self.backbone(pixels)
+
+    def use_onnx(self, cache_dir: Path | None = None) -> bool:
+        """CPU serving: run the backbone in ONNX Runtime, fp32, from a graph exported once into the user's
+        cache (``model.onnx_encoders``; ONNX Runtime folds the BatchNorms itself).  Used only where no
+        gradient is recorded and the pixels are on the CPU; Grad-CAM and training still run torch.
+        Returns whether it is in use (False: the export failed, logged)."""
+        from model.onnx_encoders import load_or_export
+
+        example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+        self.onnx = load_or_export(self.name, f"pooled{IMAGE_SIZE}", self.backbone, (example,), ("pixels",),
+                                   "features", {"pixels": {0: "batch"}, "features": {0: "batch"}}, cache_dir)
+        return self.onnx is not None
 
     def optimize_for_inference(self) -> ImageEncoder:
         """Serving only: fold each BatchNorm into the convolution before it and keep activations

@@ -151,20 +151,26 @@ class Scorer:
     @classmethod
     def from_checkpoint(cls, path: Path | str | None = None, device: str = "auto", max_images: int = 1,
                         text_encoder: Any = None, image_encoder: Any = None, text_int8: bool = False,
-                        image_cache_entries: int = 4096) -> Scorer:
+                        image_cache_entries: int = 4096, encoder_runtime: str = "auto") -> Scorer:
         """Load a checkpoint (None: the packaged default) and the encoders it was trained on.
 
         ``max_images``: pictures used per post.  The shipped checkpoint learned from single
         pictures; its multi-frame path is untrained, hence 1.  ``text_int8``: on a CPU, int8 dynamic
         quantisation of the text encoder it builds (``TextEncoder.quantize_dynamic_int8``).
         ``image_cache_entries``: picture features kept in memory by sha256 (0 = no cache).
+        ``encoder_runtime``: "torch", "onnx" (ONNX Runtime, fp32, CPU only) or "auto" (ONNX Runtime on a
+        CPU, torch on a GPU) for the encoders it builds (``model.onnx_encoders``); an encoder passed in
+        runs as it is, and int8 keeps the text encoder in torch.
         """
         from model.encoders import ImageEncoder, TextEncoder
+        from model.onnx_encoders import choose_runtime
 
         resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                 else ("cpu" if device == "auto" else device))
+        runtime = choose_runtime(encoder_runtime, resolved)
         encoder_top_factory = None
-        if text_encoder is None and "text" in _modalities_of(path):
+        text_encoder_is_ours = text_encoder is None and "text" in _modalities_of(path)
+        if text_encoder_is_ours:
             text_encoder = TextEncoder(_text_encoder_of(path))  # the one it was trained on
             if text_int8 and resolved.type == "cpu":
                 text_encoder.quantize_dynamic_int8()
@@ -175,11 +181,17 @@ class Scorer:
                 return EncoderTop.from_encoder(text_encoder, config.finetune_layers)
 
         net, config, meta = checkpoint.load(path, encoder_top_factory=encoder_top_factory)
+        if text_encoder_is_ours and runtime == "onnx":
+            text_encoder.use_onnx(text_encoder.num_layers - config.finetune_layers)
         if image_encoder is None and "visual" in config.modalities:
-            # Ours alone, so it may be optimised for serving (folded BatchNorms, channels_last); an
-            # encoder passed in may be shared with training and is used as it is.
+            # Ours alone, so it may be optimised for serving (folded BatchNorms, channels_last: what runs
+            # where torch does, e.g. Grad-CAM; ONNX Runtime otherwise); an encoder passed in may be shared
+            # with training and is used as it is.
             image_encoder = ImageEncoder(config.visual_encoder).optimize_for_inference()
-        logger.info("scorer: %s on %s", meta["model_version"], resolved)
+            if runtime == "onnx":
+                image_encoder.use_onnx()
+        logger.info("scorer: %s on %s (encoders: %s)", meta["model_version"], resolved,
+                    ", ".join(f"{k} {v}" for k, v in encoder_runtimes(text_encoder, image_encoder).items()) or "none")
         return cls(net, config, str(meta["model_version"]), text_encoder, image_encoder, resolved, max_images,
                    image_cache_entries=image_cache_entries)
 
@@ -351,6 +363,11 @@ class Scorer:
             vectors.append(vector)
         return vectors
 
+    @property
+    def encoder_runtimes(self) -> dict[str, str]:
+        """What runs each encoder: {"text": "onnx" | "torch" | "torch int8", "visual": "onnx" | "torch"}."""
+        return encoder_runtimes(self.text_encoder, self.image_encoder)
+
     def score(self, posts: list[ScoreInput]) -> list[SentimentResult]:
         """``prepare`` then ``score_prepared``."""
         return self.score_prepared(self.prepare(list(posts)))
@@ -390,6 +407,17 @@ class Scorer:
                     summed[word] = summed.get(word, 0.0) + float(weight)
             out.append(sorted(summed.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k])
         return out
+
+
+def encoder_runtimes(text_encoder: Any, image_encoder: Any) -> dict[str, str]:
+    """What runs each encoder when scoring: {"text": "onnx" | "torch" | "torch int8", "visual": ...}."""
+    out = {}
+    if text_encoder is not None:
+        out["text"] = "onnx" if getattr(text_encoder, "onnx", None) else (
+            "torch int8" if getattr(text_encoder, "int8", False) else "torch")
+    if image_encoder is not None:
+        out["visual"] = "onnx" if getattr(image_encoder, "onnx", None) is not None else "torch"
+    return out
 
 
 def _modalities_of(path: Path | str | None) -> tuple[str, ...]:

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     checkpoint: Path | None = None  # None = the checkpoint shipped in model/checkpoints/
     device: str = "auto"
     image_cache_entries: int = 4096  # picture features kept in memory, keyed by the picture's sha256, so reposted pictures skip the image encoder (about 5 KB each); 0 = off
+    encoder_runtime: Literal["auto", "torch", "onnx"] = "auto"  # what runs the frozen text and picture encoders: auto = ONNX Runtime on a CPU (fp32, faster there: bench/RESULTS.md), torch on a GPU (model/onnx_encoders.py)
     text_int8: bool = False  # CPU only: int8 dynamic quantisation of the text encoder; faster, but it cost 3 points of TweetEval macro recall (bench/RESULTS.md, bench/quantization.py)
     torch_threads: int = 0  # 0 = torch's default; 1 wins when cores are shared (bench/RESULTS.md)
     batch_size: int = 64
