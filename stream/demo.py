@@ -141,6 +141,7 @@ def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = Fal
             worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
                                       stdout=out, stderr=subprocess.STDOUT)
         try:
+            _wait_for_worker_start(worker, worker_log, started + timeout_s)
             with KafkaPublisher(resolved.broker, topic=settings.topic_raw) as publisher:
                 report = replay_posts(posts, publisher)
             log.info("replayed %d sample posts into %s", report.sent, settings.topic_raw)
@@ -154,6 +155,17 @@ def run_demo(settings: Settings, timeout_s: float = 600.0, keep_data: bool = Fal
         engine.dispose()
         _print_where_the_data_is(settings, "postgres" in resolved.started, database_url)
     return 0
+
+
+def _wait_for_worker_start(worker: subprocess.Popen[bytes], worker_log: Path, deadline: float) -> None:
+    """Replay only once the worker has its model and joins the stream.  Posts published before would wait
+    in Kafka through the model load (20 s, more on a busy machine), and a backlog older than
+    SENTISTREAM_OVERLOAD_LAG_S (30 s) is scored without its pictures: overload mode, not what a demo shows.
+    A worker that exits or never starts is reported by ``_wait_until_consumed``."""
+    while time.monotonic() < deadline and worker.poll() is None:
+        if worker_log.exists() and b"worker consuming" in worker_log.read_bytes():
+            return
+        time.sleep(0.2)
 
 
 def _wait_until_consumed(engine: Engine, sent: int, scoring: bool, worker: subprocess.Popen[bytes],
