@@ -6,6 +6,11 @@ kept in a bounded in-memory LRU and a repeat costs a hash instead of a forward p
 sha256 of the encoded bytes when known (the media fetcher's ``post_media.sha256``), else of the decoded
 pixels, so the cache never needs the URL.  Thread-safe: ``prepare`` and ``score_prepared`` run in worker
 threads.
+
+Behind it the Scorer can use a second level shared by processes (``SharedPictureFeatures``; the worker's
+is PostgreSQL, ``stream/picture_cache.py``): a batch's misses are looked up there at once, only what
+neither level holds is encoded, and the new vectors are written back in one call.  Whatever that level
+returns is checked here again (``usable_vector``) before the model sees it.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
 SHA256_INFO_KEY = "sha256"
@@ -39,6 +46,31 @@ def picture_key(picture: Any) -> str | None:
         digest.update(tobytes())
         return "pixels:" + digest.hexdigest()
     return None  # a path: read and decoded each time (its file may change)
+
+
+class SharedPictureFeatures(Protocol):
+    """A second cache level, shared between processes, behind ``ImageFeatureCache``.
+
+    ``encoder`` names the image encoder and its preprocessing (``Scorer.picture_feature_space``): vectors
+    of one encoder are never returned for another.  Both calls take a whole batch and must never raise:
+    a shared level that fails costs encoder time, never a batch.
+    """
+
+    def get_many(self, encoder: str, dim: int, keys: Sequence[str]) -> Mapping[str, Tensor]:
+        """The stored vectors of ``keys`` that are usable (``dim`` finite floats); absent keys are misses."""
+        ...
+
+    def put_many(self, encoder: str, vectors: Mapping[str, Tensor]) -> None:
+        """Store freshly encoded vectors (keys already stored keep their vector)."""
+        ...
+
+
+def usable_vector(vector: Any, dim: int) -> Tensor | None:
+    """``vector`` as a CPU float32 tensor of shape (dim,) when it is one of ``dim`` finite values, else None."""
+    if not isinstance(vector, Tensor) or vector.shape != (dim,) or not vector.is_floating_point():
+        return None
+    vector = vector.detach().to("cpu", torch.float32)
+    return vector if bool(torch.isfinite(vector).all()) else None
 
 
 class ImageFeatureCache:

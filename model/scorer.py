@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from model import checkpoint
 from model.config import MODALITIES, ModelConfig
-from model.image_cache import ImageFeatureCache, picture_key
+from model.image_cache import ImageFeatureCache, SharedPictureFeatures, picture_key, usable_vector
 from model.labels import LABELS
 from model.network import SentimentNet
 
@@ -83,11 +84,16 @@ class PreparedBatch:
     audio_mask: Tensor | None = None
     picture_keys: list[str | None] = field(default_factory=list)  # per used picture (as picture_rows)
     cached_vectors: dict[int, Tensor] = field(default_factory=dict)  # picture index -> vector from the cache
+    same_as: dict[int, int] = field(default_factory=dict)  # picture index -> earlier index encoding the same picture
 
 
 DRAFT_SIDE = 256
 """JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= this, the
 encoder's resize target (model.encoders.RESIZE_SIZE): a 4000 px photo decodes 16-64x fewer pixels."""
+
+PICTURE_FEATURE_VERSION = 1
+"""Part of ``Scorer.picture_feature_space``: bump it when decoding or transforming pictures changes what
+the image encoder sees, so the shared picture-feature cache never hands back vectors of the old way."""
 
 
 def _decode_picture(picture: Any) -> Image.Image:
@@ -136,6 +142,11 @@ class Scorer:
         # threads at once; prepare() is meant to run in worker threads, so tokenisation is serialised.
         self._tokenizer_lock = threading.Lock()
         self.image_cache = ImageFeatureCache(image_cache_entries)  # reposted pictures cost a hash, not a pass
+        # A second level shared by processes (the worker's: PostgreSQL, stream/picture_cache.py), and who
+        # hears each batch's picture counts (memory_hit, memory_miss, encoded); both set by the caller.
+        self.shared_features: SharedPictureFeatures | None = None
+        self.on_picture_counts: Callable[[Mapping[str, int]], None] | None = None
+        self.pictures_encoded = 0
         trained_on = _cache_name(config.text_encoder)
         if self.text_encoder is not None and getattr(self.text_encoder, "name", trained_on) != trained_on:
             raise ValueError(f"text encoder {self.text_encoder.name!r} is not the checkpoint's {config.text_encoder!r}")
@@ -213,19 +224,28 @@ class Scorer:
 
         pixels, rows, keys = [], [], []
         cached_vectors: dict[int, Tensor] = {}
+        same_as: dict[int, int] = {}
         if self.image_encoder is not None:
+            key_of = _memo_picture_key()
+            known = self._known_vectors(posts, key_of)
+            first_of: dict[str, int] = {}  # key -> index of the picture encoded for it in this batch
+            reuse = self.image_cache.capacity > 0  # cache off: every picture is encoded (benchmarks rely on it)
             for row, post in enumerate(posts):
                 used = 0
                 for picture in post.images or []:
                     if used >= self.max_images:
                         break
                     try:
-                        key = picture_key(picture)
-                        cached = self.image_cache.get(key)
-                        if cached is None:
-                            pixels.append(self.image_encoder.transform(_decode_picture(picture), train=False))
-                        else:
+                        key = key_of(picture)
+                        cached = known.get(key) if key is not None else None
+                        if cached is not None:
                             cached_vectors[len(rows)] = cached
+                        elif reuse and key is not None and key in first_of:
+                            same_as[len(rows)] = first_of[key]  # a repost within the batch: encoded once
+                        else:
+                            pixels.append(self.image_encoder.transform(_decode_picture(picture), train=False))
+                            if key is not None:
+                                first_of[key] = len(rows)
                     except Exception as error:  # noqa: BLE001 - any undecodable picture: score without it
                         logger.warning("post %d: picture skipped (%s: %s)", row, type(error).__name__, error)
                         continue
@@ -247,7 +267,62 @@ class Scorer:
             audio_mask=audio_mask,
             picture_keys=keys,
             cached_vectors=cached_vectors,
+            same_as=same_as,
         )
+
+    @property
+    def picture_feature_space(self) -> str:
+        """What a picture's vector depends on besides its bytes: the image encoder and the preprocessing
+        (sizes, draft decoding, ``PICTURE_FEATURE_VERSION``).  The shared cache keys vectors by it."""
+        from model.encoders import IMAGE_SIZE, RESIZE_SIZE
+
+        name = getattr(self.image_encoder, "name", self.config.visual_encoder)
+        return f"{name}:resize{RESIZE_SIZE}:crop{IMAGE_SIZE}:draft{DRAFT_SIDE}:v{PICTURE_FEATURE_VERSION}"
+
+    def _known_vectors(self, posts: list[ScoreInput], key_of: Callable[[Any], str | None]) -> dict[str, Tensor]:
+        """Vectors of the batch's pictures that the memory cache holds, then those the shared level holds
+        (one lookup for all memory misses; what it returns is checked and kept in memory too)."""
+        known: dict[str, Tensor] = {}
+        missing: dict[str, None] = {}  # ordered set
+        counts = {"memory_hit": 0, "memory_miss": 0}
+        for post in posts:
+            for picture in (post.images or [])[: self.max_images]:
+                try:
+                    key = key_of(picture)
+                except Exception:  # noqa: BLE001 - reported when the picture is used (prepare)
+                    continue
+                if key is None:
+                    continue
+                vector = self.image_cache.get(key)  # per picture, as before: its hit/miss counters count pictures
+                if vector is not None:
+                    known[key] = vector
+                    counts["memory_hit"] += 1
+                elif key in missing and self.image_cache.capacity > 0:
+                    counts["memory_hit"] += 1  # a repost within the batch: encoded once, for both
+                else:
+                    missing[key] = None
+                    counts["memory_miss"] += 1
+        if missing and self.shared_features is not None:
+            dim = self.config.visual_dim
+            try:
+                found = self.shared_features.get_many(self.picture_feature_space, dim, list(missing))
+            except Exception as error:  # noqa: BLE001 - the contract says never, but a batch is never lost to it
+                logger.warning("shared picture features: lookup failed (%s: %s)", type(error).__name__, error)
+                found = {}
+            for key, vector in found.items():
+                checked = usable_vector(vector, dim) if key in missing else None
+                if checked is not None:
+                    known[key] = checked
+                    self.image_cache.put(key, checked)
+        self._report_pictures(counts)
+        return known
+
+    def _report_pictures(self, counts: Mapping[str, int]) -> None:
+        if self.on_picture_counts is not None and any(counts.values()):
+            try:
+                self.on_picture_counts(counts)
+            except Exception:  # noqa: BLE001 - counting never costs a batch
+                logger.exception("picture counts callback failed")
 
     def _prepare_audio(self, posts: list[ScoreInput]) -> tuple[Tensor, Tensor]:
         from model.audio import log_mel_spectrogram
@@ -352,15 +427,28 @@ class Scorer:
             encoded = list(torch.cat([self.image_encoder(chunk.to(self.device)).float()
                                       for chunk in prepared.pixels.split(self.encoder_batch_size)]))
         fresh = iter(encoded)
-        vectors = []
+        vectors: list[Tensor] = []
+        new: dict[str, Tensor] = {}
         for index, key in enumerate(prepared.picture_keys or [None] * len(prepared.picture_rows)):
             cached = prepared.cached_vectors.get(index)
             if cached is not None:
                 vectors.append(cached.to(self.device))
                 continue
+            if index in prepared.same_as:
+                vectors.append(vectors[prepared.same_as[index]])
+                continue
             vector = next(fresh)
-            self.image_cache.put(key, vector.detach().to("cpu", copy=True))
+            if key is not None:
+                new[key] = vector.detach().to("cpu", copy=True)
+                self.image_cache.put(key, new[key])
             vectors.append(vector)
+        self.pictures_encoded += len(encoded)
+        self._report_pictures({"encoded": len(encoded)})
+        if new and self.shared_features is not None:
+            try:
+                self.shared_features.put_many(self.picture_feature_space, new)
+            except Exception as error:  # noqa: BLE001 - the contract says never, but a batch is never lost to it
+                logger.warning("shared picture features: write failed (%s: %s)", type(error).__name__, error)
         return vectors
 
     @property
@@ -418,6 +506,18 @@ def encoder_runtimes(text_encoder: Any, image_encoder: Any) -> dict[str, str]:
     if image_encoder is not None:
         out["visual"] = "onnx" if getattr(image_encoder, "onnx", None) is not None else "torch"
     return out
+
+
+def _memo_picture_key() -> Callable[[Any], str | None]:
+    """``picture_key`` remembered per picture object for one batch (hashing pixels costs milliseconds)."""
+    keys: dict[int, str | None] = {}
+
+    def key_of(picture: Any) -> str | None:
+        if id(picture) not in keys:
+            keys[id(picture)] = picture_key(picture)
+        return keys[id(picture)]
+
+    return key_of
 
 
 def _modalities_of(path: Path | str | None) -> tuple[str, ...]:

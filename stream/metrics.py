@@ -73,6 +73,19 @@ OVERLOAD = Gauge("sentistream_overload", "1 while the worker is in overload mode
                  registry=REGISTRY)
 LAG_SECONDS = Gauge("sentistream_lag_seconds", "How long the oldest post of the latest batch waited in Kafka.",
                     registry=REGISTRY)
+PICTURE_CACHE = Counter(
+    "sentistream_picture_cache_total",
+    "Picture-feature cache lookups by level (memory: per picture, a repost within a batch is a hit; postgres: "
+    "per distinct picture the memory lacked) and result (hit, miss, rejected: a stored vector of the wrong "
+    "size or type or with NaN, ignored and encoded again).",
+    ["level", "result"], registry=REGISTRY)
+PICTURES_ENCODED = Counter("sentistream_pictures_encoded_total",
+                           "Pictures that went through the image encoder (neither cache level had them).",
+                           registry=REGISTRY)
+PICTURE_CACHE_ERRORS = Counter(
+    "sentistream_picture_cache_errors_total",
+    "Failed reads or writes of the PostgreSQL picture-feature cache; the batch was scored with the encoder.",
+    ["operation"], registry=REGISTRY)
 
 BATCH_STAGES = ("total", "media", "score", "sink", "windows")
 MEDIA_STATUSES = ("ok", "too_large", "bad_type", "timeout", "blocked", "http_error", "skipped",
@@ -83,6 +96,11 @@ for _stage in BATCH_STAGES:  # export every series from the start, so dashboards
     BATCH_SECONDS.labels(_stage)
 for _status in MEDIA_STATUSES:
     MEDIA_FETCHES.labels(_status)
+for _level, _results in (("memory", ("hit", "miss")), ("postgres", ("hit", "miss", "rejected"))):
+    for _result in _results:
+        PICTURE_CACHE.labels(_level, _result)
+for _operation in ("read", "write"):
+    PICTURE_CACHE_ERRORS.labels(_operation)
 for _destination in ("kafka", "webhook"):
     for _outcome in ("delivered", "failed", "expired", "suppressed", "skipped"):
         ALERT_DELIVERIES.labels(_destination, _outcome)
@@ -104,6 +122,19 @@ def count_unscored(labels: Iterable[str]) -> None:
     """One per post stored unscored; ``labels`` come from ``stream.pipeline.unscored_label``."""
     for label in labels:
         POSTS_UNSCORED.labels(label).inc()
+
+
+def count_picture_cache(level: str, *, hit: int = 0, miss: int = 0, rejected: int = 0) -> None:
+    for result, n in (("hit", hit), ("miss", miss), ("rejected", rejected)):
+        if n:
+            PICTURE_CACHE.labels(level, result).inc(n)
+
+
+def count_pictures(counts: Mapping[str, int]) -> None:
+    """The Scorer's per-batch picture counts (``on_picture_counts``): memory_hit, memory_miss, encoded."""
+    count_picture_cache("memory", hit=counts.get("memory_hit", 0), miss=counts.get("memory_miss", 0))
+    if counts.get("encoded"):
+        PICTURES_ENCODED.inc(counts["encoded"])
 
 
 def set_consumer_lag(lag_by_partition: dict[tuple[str, int], int]) -> None:
@@ -294,7 +325,8 @@ class HealthState:
 
 class PeriodicSummary:
     """The worker's one INFO line per interval, so normal running is not silent: rates in and out, dead
-    letters, backlog and the median batch time since the previous line (from the counters above)."""
+    letters, backlog and the median batch time since the previous line (from the counters above); pictures
+    encoded and cache hits when there were any."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_batches: int = 10_000) -> None:
         self._clock = clock
@@ -303,9 +335,11 @@ class PeriodicSummary:
         self._last = self._totals()
 
     @staticmethod
-    def _totals() -> tuple[float, float, float]:
+    def _totals() -> tuple[float, ...]:
         return (sample("sentistream_posts_in_total") or 0.0, sample("sentistream_posts_out_total") or 0.0,
-                sample("sentistream_dead_letters_total") or 0.0)
+                sample("sentistream_dead_letters_total") or 0.0, sample("sentistream_pictures_encoded_total") or 0.0,
+                *(sample("sentistream_picture_cache_total", {"level": level, "result": "hit"}) or 0.0
+                  for level in ("memory", "postgres")))
 
     def observe_batch(self, seconds: float) -> None:
         self._batch_seconds.append(seconds)
@@ -314,13 +348,17 @@ class PeriodicSummary:
         """The summary since the previous call, and start the next interval."""
         now, totals = self._clock(), self._totals()
         elapsed = max(now - self._last_at, 1e-9)
-        posts_in, posts_out, dead = (t - last for t, last in zip(totals, self._last, strict=True))
+        posts_in, posts_out, dead, encoded, memory_hits, postgres_hits = (
+            t - last for t, last in zip(totals, self._last, strict=True))
         batches = sorted(self._batch_seconds)
         p50 = f"{batches[len(batches) // 2] * 1000:.0f} ms" if batches else "n/a"
         self._batch_seconds.clear()
         self._last_at, self._last = now, totals
         text = (f"last {elapsed:.0f}s: {posts_in / elapsed:.1f} posts/s in, {posts_out / elapsed:.1f} posts/s "
                 f"stored, {dead:.0f} dead letters, backlog {backlog}, {len(batches)} batches, p50 {p50}")
+        if encoded or memory_hits or postgres_hits:
+            text += (f"; pictures {encoded:.0f} encoded, {memory_hits:.0f} from memory, "
+                     f"{postgres_hits:.0f} from PostgreSQL")
         if stalled:
             text += f"; STALLED partitions: {', '.join(stalled)}"
         return text

@@ -3,7 +3,9 @@
 Why: the monitor runs for years, and the bulk of a post row is the platform's raw payload (``posts.raw``),
 which nothing reads after the post was normalised.  So raw payloads go first
 (``SENTISTREAM_RETENTION_RAW_DAYS``, default 30), and whole posts with their sentiments and media only when
-an operator asks for it (``SENTISTREAM_RETENTION_POSTS_DAYS``, default 0 = keep).  What analysts keep
+an operator asks for it (``SENTISTREAM_RETENTION_POSTS_DAYS``, default 0 = keep).  Cached picture features
+(``picture_features``, stream/picture_cache.py) go when no worker used them for
+``SENTISTREAM_RETENTION_PICTURE_FEATURES_DAYS`` (default 30): they are a cache, recomputed on a miss.  What analysts keep
 looking at years later lives elsewhere and is never touched here: ``window_aggregates`` (the per-window
 counts, recomputed from rows only while the rows exist), ``alert_incidents`` and ``alerts`` (their
 evidence is a JSON copy, not a reference to posts).
@@ -82,6 +84,20 @@ FROM posts WHERE created_at < :cutoff
 """)
 
 
+# Least recently used first; rows a worker is touching are skipped (it just used them).
+_PICTURES_BATCH_SQL = text("""
+WITH doomed AS (
+    SELECT sha256, encoder FROM picture_features WHERE last_used_at < :cutoff
+    ORDER BY last_used_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM picture_features f USING doomed d WHERE f.sha256 = d.sha256 AND f.encoder = d.encoder
+""")
+
+_PICTURES_COUNT_SQL = text("SELECT count(*) FROM picture_features WHERE last_used_at < :cutoff")
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionPolicy:
     """How many days raw payloads and posts are kept (0 = forever), and the floor no deletion goes below."""
@@ -89,16 +105,18 @@ class RetentionPolicy:
     raw_days: int = 30
     posts_days: int = 0
     floor_s: int = 3600  # the longest window length: rows newer than this are never touched
+    picture_features_days: int = 30  # by last use; the floor does not apply (no window is computed from them)
 
     def __post_init__(self) -> None:
-        if self.raw_days < 0 or self.posts_days < 0 or self.floor_s < 0:
+        if self.raw_days < 0 or self.posts_days < 0 or self.floor_s < 0 or self.picture_features_days < 0:
             raise ValueError("retention days and the floor must be >= 0 (0 days = keep)")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetentionPolicy:
         """The policy the settings ask for; the floor is the longest of SENTISTREAM_WINDOWS."""
         return cls(raw_days=settings.retention_raw_days, posts_days=settings.retention_posts_days,
-                   floor_s=max(settings.window_lengths_s, default=0))
+                   floor_s=max(settings.window_lengths_s, default=0),
+                   picture_features_days=settings.retention_picture_features_days)
 
     def _cutoff(self, days: int, now: datetime) -> datetime | None:
         if days == 0:
@@ -113,6 +131,10 @@ class RetentionPolicy:
         """Posts created before this are deleted with their sentiments and media; None = keep them all."""
         return self._cutoff(self.posts_days, now)
 
+    def picture_features_cutoff(self, now: datetime) -> datetime | None:
+        """Cached picture features last used before this are deleted; None = keep them all."""
+        return now - timedelta(days=self.picture_features_days) if self.picture_features_days else None
+
 
 @dataclass(frozen=True, slots=True)
 class RetentionReport:
@@ -125,6 +147,8 @@ class RetentionReport:
     posts_deleted: int = 0
     sentiments_deleted: int = 0
     media_deleted: int = 0
+    picture_features_cutoff: datetime | None = None
+    picture_features_deleted: int = 0
 
     def summary(self) -> str:
         verb = "would drop" if self.dry_run else "dropped"
@@ -134,13 +158,17 @@ class RetentionReport:
         posts = (f"{verb2} {self.posts_deleted} posts, {self.sentiments_deleted} sentiments and "
                  f"{self.media_deleted} media rows created before {self.posts_cutoff.isoformat()}"
                  if self.posts_cutoff else "posts kept (SENTISTREAM_RETENTION_POSTS_DAYS=0)")
-        return f"{raw}; {posts}; window aggregates and alerts kept"
+        pictures = (f"{verb2} {self.picture_features_deleted} cached picture features unused since "
+                    f"{self.picture_features_cutoff.isoformat()}" if self.picture_features_cutoff
+                    else "cached picture features kept (SENTISTREAM_RETENTION_PICTURE_FEATURES_DAYS=0)")
+        return f"{raw}; {posts}; {pictures}; window aggregates and alerts kept"
 
 
 def apply_retention(engine: Engine, policy: RetentionPolicy, *, now: datetime | None = None,
                     dry_run: bool = False, batch_rows: int = DEFAULT_BATCH_ROWS,
                     on_progress: Callable[[int], None] | None = None) -> RetentionReport:
-    """Drop old raw payloads, then delete old posts, in batches of ``batch_rows``; or count with ``dry_run``.
+    """Drop old raw payloads, then delete old posts, then cached picture features unused for their days, in
+    batches of ``batch_rows``; or count with ``dry_run``.
 
     ``on_progress(rows)`` is called after each batch with the rows that batch changed.  Posts are deleted
     after their payloads were dropped, so an interrupted run has still done the cheaper half.
@@ -149,8 +177,9 @@ def apply_retention(engine: Engine, policy: RetentionPolicy, *, now: datetime | 
         raise ValueError("batch_rows must be >= 1")
     now = now or datetime.now(UTC)
     raw_cutoff, posts_cutoff = policy.raw_cutoff(now), policy.posts_cutoff(now)
+    pictures_cutoff = policy.picture_features_cutoff(now)
     if dry_run:
-        raw = posts = sentiments = media = 0
+        raw = posts = sentiments = media = pictures = 0
         with engine.connect() as conn:
             if raw_cutoff is not None:
                 # Posts that the deletion removes anyway are counted once, as deleted posts.
@@ -159,7 +188,10 @@ def apply_retention(engine: Engine, policy: RetentionPolicy, *, now: datetime | 
             if posts_cutoff is not None:
                 posts, sentiments, media = (int(v) for v in conn.execute(
                     _POSTS_COUNT_SQL, {"cutoff": posts_cutoff}).one())
-        return RetentionReport(True, raw_cutoff, posts_cutoff, raw, posts, sentiments, media)
+            if pictures_cutoff is not None:
+                pictures = int(conn.execute(_PICTURES_COUNT_SQL, {"cutoff": pictures_cutoff}).scalar_one())
+        return RetentionReport(True, raw_cutoff, posts_cutoff, raw, posts, sentiments, media,
+                               picture_features_cutoff=pictures_cutoff, picture_features_deleted=pictures)
 
     raw = _drop_raw(engine, raw_cutoff, posts_cutoff, batch_rows, on_progress) if raw_cutoff else 0
     posts = sentiments = media = 0
@@ -173,7 +205,17 @@ def apply_retention(engine: Engine, policy: RetentionPolicy, *, now: datetime | 
                 on_progress(n_posts)
             if n_posts < batch_rows:
                 break
-    report = RetentionReport(False, raw_cutoff, posts_cutoff, raw, posts, sentiments, media)
+    pictures = 0
+    while pictures_cutoff is not None:
+        with engine.begin() as conn:
+            n_pictures = conn.execute(_PICTURES_BATCH_SQL, {"cutoff": pictures_cutoff, "limit": batch_rows}).rowcount
+        pictures += n_pictures
+        if on_progress is not None and n_pictures:
+            on_progress(n_pictures)
+        if n_pictures < batch_rows:
+            break
+    report = RetentionReport(False, raw_cutoff, posts_cutoff, raw, posts, sentiments, media,
+                             picture_features_cutoff=pictures_cutoff, picture_features_deleted=pictures)
     log.info("retention: %s", report.summary())
     return report
 

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     scoring: bool = True  # false: store posts without sentiment (ingest-only workers, plumbing tests)
     checkpoint: Path | None = None  # None = the checkpoint shipped in model/checkpoints/
     device: str = "auto"
-    image_cache_entries: int = 4096  # picture features kept in memory, keyed by the picture's sha256, so reposted pictures skip the image encoder (about 5 KB each); 0 = off
+    image_cache_entries: int = 4096  # picture features kept in memory, keyed by the picture's sha256, so reposted pictures skip the image encoder (about 5 KB each), backed by PostgreSQL's picture_features shared by workers; 0 = off (both)
     encoder_runtime: Literal["auto", "torch", "onnx"] = "auto"  # what runs the frozen text and picture encoders: auto = ONNX Runtime on a CPU (fp32, faster there: bench/RESULTS.md), torch on a GPU (model/onnx_encoders.py)
     text_int8: bool = False  # CPU only: int8 dynamic quantisation of the text encoder; faster, but it cost 3 points of TweetEval macro recall (bench/RESULTS.md, bench/quantization.py)
     torch_threads: int = 0  # 0 = torch's default; 1 wins when cores are shared (bench/RESULTS.md)
@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     # Retention (`sentistream maintenance retention`, stream/retention.py); window aggregates and alerts are kept.
     retention_raw_days: int = 30  # posts.raw (the platform's payload) is set to NULL once the post is older than this; 0 = keep
     retention_posts_days: int = 0  # posts with their sentiments and media are deleted once older than this (never within the longest window); 0 = keep
+    retention_picture_features_days: int = 30  # cached picture features (picture_features) not used for this many days are deleted; 0 = keep
 
     # Worker process.
     web_port: int = 6066
@@ -173,7 +174,7 @@ class Settings(BaseSettings):
         """Checks across types (ranges, formats) that plain type conversion cannot express."""
         if self.device not in {"auto", "cpu", "cuda"} and not self.device.startswith("cuda:"):
             raise SettingsError(f"{PREFIX}DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        for name in ("retention_raw_days", "retention_posts_days"):
+        for name in ("retention_raw_days", "retention_posts_days", "retention_picture_features_days"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0 (0 = keep)")
         for name in ("topic_partitions", "batch_size", "batch_latency_ms", "media_max_bytes",

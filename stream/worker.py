@@ -23,6 +23,7 @@ from stream.embedded import services
 from stream.language import LanguageGate
 from stream.metrics import HealthState
 from stream.migrate import check_schema, database_location, make_engine, wait_for_database
+from stream.picture_cache import attach as attach_picture_cache
 from stream.pipeline import BatchProcessor
 from stream.settings import Settings, SettingsError
 from stream.sink import PostgresSink
@@ -120,6 +121,8 @@ def build_processor(settings: Settings, database_url: str, *, scorer: Any | None
 
     engine = make_engine(database_url)
     sink = PostgresSink(engine)
+    # picture features by sha256 in picture_features, shared by workers; SENTISTREAM_IMAGE_CACHE_ENTRIES=0: no cache
+    attach_picture_cache(scorer, engine, shared=settings.image_cache_entries > 0)
 
     def on_db_state(up: bool, error: str | None) -> None:
         if state is not None:
@@ -277,4 +280,3 @@ def main(settings: Settings) -> int:
         log.info("worker consuming %s from %s (embedded=%s)", settings.topic_raw,
                  resolved.broker.bootstrap_servers, resolved.broker.embedded)
         return run_worker(settings, resolved.broker, processor_factory, state)
-

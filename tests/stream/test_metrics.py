@@ -133,3 +133,15 @@ def test_the_periodic_summary_reports_rates_dead_letters_backlog_and_median_batc
     now[0] = 120.0
     assert summary.line(backlog=0) == ("last 60s: 0.0 posts/s in, 0.0 posts/s stored, 0 dead letters, backlog 0, "
                                        "0 batches, p50 n/a")
+
+
+def test_the_periodic_summary_counts_pictures_encoded_and_cache_hits_when_there_were_any() -> None:
+    now = [0.0]
+    summary = metrics.PeriodicSummary(clock=lambda: now[0])
+    metrics.count_pictures({"memory_hit": 5, "memory_miss": 4, "encoded": 1})
+    metrics.count_picture_cache("postgres", hit=3, miss=1)
+    now[0] = 60.0
+    assert summary.line(backlog=0).endswith("; pictures 1 encoded, 5 from memory, 3 from PostgreSQL")
+    now[0] = 120.0
+    assert "pictures" not in summary.line(backlog=0)
+    assert metrics.sample("sentistream_picture_cache_total", {"level": "postgres", "result": "rejected"}) is not None

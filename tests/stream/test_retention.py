@@ -147,6 +147,31 @@ def test_policy_from_settings_uses_the_longest_window_and_zero_keeps() -> None:
         Settings.from_env({"SENTISTREAM_RETENTION_POSTS_DAYS": "-3"})
 
 
+def test_cached_picture_features_unused_for_their_days_go_and_nothing_else(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for name, days in (("recent", 2), ("month", 45), ("year", 400)):
+            conn.execute(text("INSERT INTO picture_features (sha256, encoder, dtype, dim, feature, created_at, "
+                              "last_used_at) VALUES (:name, 'enc', 'float32', 1, :f, :at, :at)"),
+                         {"name": name, "f": bytes(4), "at": NOW - timedelta(days=days, minutes=30)})
+    before = _state(engine)
+    policy = RetentionPolicy(raw_days=0, posts_days=0, floor_s=HOUR, picture_features_days=30)
+
+    predicted = apply_retention(engine, policy, now=NOW, dry_run=True)
+    done = apply_retention(engine, policy, now=NOW, batch_rows=1)
+    again = apply_retention(engine, policy, now=NOW)
+
+    assert predicted.picture_features_deleted == done.picture_features_deleted == 2
+    assert again.picture_features_deleted == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT sha256 FROM picture_features")).scalars().all() == ["recent"]
+    assert _state(engine) == before
+    assert "would delete 2 cached picture features" in predicted.summary()
+    kept = apply_retention(engine, RetentionPolicy(raw_days=0, posts_days=0, floor_s=HOUR, picture_features_days=0),
+                           now=NOW + timedelta(days=3650))
+    assert kept.picture_features_deleted == 0 and "picture features kept" in kept.summary()
+    assert RetentionPolicy.from_settings(Settings(retention_picture_features_days=7)).picture_features_days == 7
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ages_h=st.lists(st.integers(min_value=0, max_value=24 * 500), min_size=1, max_size=25),
        raw_days=st.integers(min_value=0, max_value=400), posts_days=st.integers(min_value=0, max_value=400),
