@@ -120,7 +120,18 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory, embedded_postgres: Any
                 wait_for(lambda: _committed(target) == log_end, 120,
                          f"committed offsets to reach the log end {log_end}",
                          lambda: f"committed {_committed(target)}\n{worker.log()}")
-                health = requests.get(f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}/health", timeout=10)
+                # /health reads committed offsets on a 5 s timer: wait until it has seen these (its
+                # backlog is 0), then take what it says; a red left from the slow start is then gone.
+                answers: list[requests.Response] = []
+
+                def health_caught_up() -> bool:
+                    answers.append(requests.get(f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}/health",
+                                                timeout=10))
+                    return answers[-1].json()["progress"]["backlog"] == 0
+
+                wait_for(health_caught_up, 60, "/health to see the committed offsets",
+                         lambda: f"last: {answers[-1].text if answers else None}\n{worker.log()}", interval_s=1.0)
+                health = answers[-1]
                 with engine.connect() as conn:
                     posts = {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(
                         text("SELECT p.post_id, p.text, p.created_at, p.unscored_reason, count(s.post_pk) "
