@@ -35,6 +35,14 @@ What a look means for an analyst (open an incident, update it, resolve it, coold
 serialised per topic, in the worker.  Which window length is looked at per topic is chosen from the
 topic's volume (:meth:`SpikeDetector.detection_window`) unless configured.
 
+Thin topics are judged on long windows, and a 45-minute incident that straddles an hour boundary is
+diluted in both tumbling hours.  So the detection window is also tested as a *trailing* window at every
+close of a shorter stored length (hopping: the hour ending at each closed 5-minute window), its numbers
+summed from those closed windows' final numbers and its baseline the one the tumbling window it starts
+in was tested against; the overlapping tests share one weekly false-alert budget (``z_threshold_for``).
+Each trailing window is tested once, when its last hop window closes, so replays and other batchings
+give the same looks.
+
 A window closes when the event-time watermark (or, without one, the series' newest window) is more than
 ``lateness_windows`` lengths past it, so replays make the same decisions as the live run.  Baselines are
 rebuilt from ``window_aggregates`` rows (:func:`restore_series`), so a restarted worker keeps them.
@@ -46,6 +54,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
@@ -54,7 +63,7 @@ from sqlalchemy.engine import Connection
 
 from stream.db import WindowAggregateRow
 from stream.settings import Settings, window_seconds
-from stream.windows import AGGREGATE_COLUMNS, WindowAggregate
+from stream.windows import AGGREGATE_COLUMNS, EPOCH, WindowAggregate
 
 KIND_NEGATIVE_SPIKE = "negative_spike"
 KIND_VOLUME_SPIKE = "volume_spike"
@@ -102,11 +111,42 @@ MIN_Z = 2.5  # no budget makes a window with z < 2.5 an alert
 WEEK_S = 7 * 86400
 
 
-def z_threshold_for(false_alerts_per_week: float, window_seconds: int) -> float:
-    """The closed-window z at which a window length's weekly tests spend ``false_alerts_per_week``."""
-    tests_per_week = max(WEEK_S / max(window_seconds, 1), 1.0)
-    p = min(false_alerts_per_week / tests_per_week, 0.5)
-    return max(MIN_Z, _NORMAL.inv_cdf(1.0 - p))
+@lru_cache(maxsize=256)
+def z_threshold_for(false_alerts_per_week: float, window_seconds: int, hop_seconds: int | None = None) -> float:
+    """The closed-window z at which a window length's weekly tests spend ``false_alerts_per_week``.
+
+    With ``hop_seconds`` (a trailing window of ``window_seconds`` tested every ``hop_seconds``), the tests
+    overlap: consecutive statistics share all but one hop of posts (correlation ``1 - hop / window``), so
+    one excursion is seen by several tests in a row.  What pages is an *upcrossing* (a test above z after
+    one below it: a new incident), so z is set to spend the budget on the expected upcrossings per week,
+    ``WEEK_S / hop * P(Z_prev <= z < Z)`` for a bivariate normal pair (exact in expectation for a stationary
+    Gaussian sequence; the incident rules merge more than that, so it is conservative).  ``balanced`` on a
+    1-hour window: z = 2.75 tumbling, 3.11 every 15 minutes, 3.32 every 5.
+    """
+    if hop_seconds is None or hop_seconds >= window_seconds:
+        tests_per_week = max(WEEK_S / max(window_seconds, 1), 1.0)
+        p = min(false_alerts_per_week / tests_per_week, 0.5)
+        return max(MIN_Z, _NORMAL.inv_cdf(1.0 - p))
+    target = false_alerts_per_week / max(WEEK_S / max(hop_seconds, 1), 1.0)
+    rho = 1.0 - hop_seconds / window_seconds
+    lo, hi = 0.0, 12.0
+    for _ in range(50):  # upcrossing_probability falls as z rises
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if upcrossing_probability(mid, rho) > target else (lo, mid)
+    return max(MIN_Z, hi)
+
+
+def upcrossing_probability(z: float, rho: float, steps: int = 400) -> float:
+    """P(Z1 <= z < Z2) for standard normals with correlation ``rho``:
+    the integral over x > z of phi(x) * Phi((z - rho x) / sqrt(1 - rho^2)) (Simpson's rule)."""
+    scale = math.sqrt(max(1.0 - rho * rho, 1e-12))
+    width = 10.0 / steps
+    total = 0.0
+    for i in range(steps + 1):
+        x = z + i * width
+        weight = 1 if i in (0, steps) else (4 if i % 2 else 2)
+        total += weight * _NORMAL.pdf(x) * _NORMAL.cdf((z - rho * x) / scale)
+    return total * width / 3
 
 
 @dataclass(frozen=True)
@@ -140,6 +180,15 @@ class SpikeConfig:
     # interleave, so window W can still be filling after W+1 has started.
     lateness_windows: int = 1
     max_future_s: int = 300
+    # Hopping: the detection window is also tested as a trailing window ending at every close of a shorter
+    # stored length (a 1-hour window every 5 minutes, summed from the closed 5-minute windows), so a
+    # shift that straddles two tumbling windows is not diluted in both.  The hop is the shortest stored
+    # length that divides the window into at most ``max_hops`` hops (default lengths: 1h every 5m, 15m
+    # every 5m, 5m every 1m); the z threshold spends the same weekly budget on the overlapping tests
+    # (:func:`z_threshold_for`).  bench/RESULTS.md: at most 4 hops (1h every 15m) found as many incidents
+    # with more false alerts at 10 posts/min.
+    hopping: bool = True
+    max_hops: int = 12
 
     @classmethod
     def preset(cls, sensitivity: str, **overrides: Any) -> SpikeConfig:
@@ -149,11 +198,11 @@ class SpikeConfig:
         return cls(**{"false_alerts_per_week": s.false_alerts_per_week, "min_lift": s.min_lift,
                       "min_ratio": s.min_ratio, **overrides})
 
-    def z_for(self, window_seconds: int) -> float:
-        """The closed-window z threshold on this window length."""
+    def z_for(self, window_seconds: int, hop_seconds: int | None = None) -> float:
+        """The closed-window z threshold on this window length (tested every ``hop_seconds``)."""
         if self.z_threshold is not None:
             return self.z_threshold
-        return z_threshold_for(self.false_alerts_per_week, window_seconds)
+        return z_threshold_for(self.false_alerts_per_week, window_seconds, hop_seconds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpikeConfig:
@@ -240,6 +289,14 @@ class _Series:
     spike_windows: dict[str, int] = field(default_factory=dict)
     open: dict[datetime, WindowAggregate] = field(default_factory=dict)
     closed_until: datetime | None = None
+    # Hopping (a longer window's trailing tests summed from this series' windows): the final numbers of
+    # the last closed windows, and the starts of those closed live (by ``looks``, not by ``restore``)
+    # whose trailing window is still to be tested.
+    closed_log: dict[datetime, WindowAggregate] = field(default_factory=dict)
+    hop_pending: list[datetime] = field(default_factory=list)
+    # The baseline as it was before each of the last closed windows was folded in: a trailing window
+    # is tested against the baseline its overlapping tumbling window was, whatever the batches were.
+    snapshots: dict[datetime, _Baseline] = field(default_factory=dict)
 
 
 @dataclass
@@ -256,6 +313,7 @@ class SpikeDetector:
     topic_configs: Mapping[str, SpikeConfig] = field(default_factory=dict)
     _series: dict[SeriesKey, _Series] = field(default_factory=dict)
     _book: Any = None
+    _lengths: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # stored lengths per topic
 
     def config_for(self, topic: str) -> SpikeConfig:
         return self.topic_configs.get(topic, self.config)
@@ -265,7 +323,24 @@ class SpikeDetector:
 
     def track(self, key: SeriesKey) -> None:
         """Mark a series as known (restored, possibly with no history) so it is not restored again."""
-        self._series.setdefault(key, _Series())
+        self._state(key)
+
+    def _state(self, key: SeriesKey) -> _Series:
+        state = self._series.get(key)
+        if state is None:
+            state = self._series[key] = _Series()
+            self._lengths.setdefault((key.topic, key.model_version), set()).add(key.window_seconds)
+        return state
+
+    def hop_length(self, topic: str, model_version: str, window: int) -> int | None:
+        """The hop at which ``window`` is tested as a trailing window: the shortest stored length that
+        divides it into at most ``max_hops`` hops; None without hopping."""
+        cfg = self.config_for(topic)
+        if not cfg.hopping:
+            return None
+        hops = [h for h in self._lengths.get((topic, model_version), ())
+                if h < window and window % h == 0 and window // h <= cfg.max_hops]
+        return min(hops) if hops else None
 
     def forget(self, keys: Iterable[SeriesKey] | None = None) -> None:
         """Drop the state of ``keys`` (all series when None); the next batch restores it from PostgreSQL.
@@ -275,9 +350,13 @@ class SpikeDetector:
         """
         if keys is None:
             self._series.clear()
+            self._lengths.clear()
         else:
             for key in keys:
                 self._series.pop(key, None)
+            self._lengths = {}
+            for key in self._series:
+                self._lengths.setdefault((key.topic, key.model_version), set()).add(key.window_seconds)
 
     def baseline_volume(self, key: SeriesKey) -> tuple[float, int]:
         """(usual posts per window, closed baseline windows) of a series; (0, 0) when unknown."""
@@ -323,8 +402,14 @@ class SpikeDetector:
         out: list[Look] = []
         for agg in aggs:
             emit = chosen[(agg.topic, agg.model_version)] == agg.window_seconds
-            out.extend(self._observe_one(agg, emit=emit, watermark=watermark))
-        return out
+            out.extend(self._observe_one(agg, emit=emit, watermark=watermark, live=True))
+        for (topic, model_version), window in sorted(chosen.items()):
+            if window is not None:
+                out.extend(self._hop_looks(topic, model_version, window))
+        # Per topic in window order: a trailing window closes before the tumbling one after it, whichever
+        # batch brought them (the incident rules ignore a window older than the incident's newest).
+        order = {tm: i for i, tm in enumerate(sorted(chosen))}
+        return sorted(out, key=lambda look: (order[(look.topic, look.model_version)], look.window_start))
 
     def observe(self, aggregates: Iterable[WindowAggregate], now: datetime | None = None,
                 watermark: datetime | None = None) -> list[SpikeAlert]:
@@ -346,7 +431,8 @@ class SpikeDetector:
         return sorted((a for a in aggregates if horizon is None or a.window_start <= horizon),
                       key=lambda a: (series_of(a), a.window_start))
 
-    def _observe_one(self, agg: WindowAggregate, *, emit: bool, watermark: datetime | None = None) -> list[Look]:
+    def _observe_one(self, agg: WindowAggregate, *, emit: bool, watermark: datetime | None = None,
+                     live: bool = False) -> list[Look]:
         """Update an open window, close the windows that are now past the allowed lateness, test.
 
         Windows close by ``watermark`` when the caller knows one (the event time every partition with a
@@ -355,7 +441,7 @@ class SpikeDetector:
         other partitions have not filled yet, and a spike in them would never be evaluated complete.
         """
         cfg = self.config_for(agg.topic)
-        state = self._series.setdefault(series_of(agg), _Series())
+        state = self._state(series_of(agg))
         if state.closed_until is not None and agg.window_start <= state.closed_until:
             return []  # a late post in a closed window: its numbers are stored, the baseline moved on
         state.open[agg.window_start] = agg
@@ -369,6 +455,7 @@ class SpikeDetector:
             closing_looks = [self._test(state, closing, kind, cfg, final=True) for kind in KINDS]
             if emit and cfg.enabled:
                 looks.extend(closing_looks)
+            self._remember(state, closing, live)
             self._close(state, closing, closing_looks, cfg)
             state.closed_until = start
         if emit and cfg.enabled and cfg.evaluate_open_windows and agg.window_start in state.open:
@@ -379,9 +466,69 @@ class SpikeDetector:
                     state.spike_since.setdefault(kind, agg.window_start)
         return looks
 
-    def _test(self, state: _Series, agg: WindowAggregate, kind: str, cfg: SpikeConfig, *, final: bool) -> Look:
-        b = state.baseline
-        threshold = cfg.z_for(agg.window_seconds) + (0.0 if final else cfg.open_window_z_margin)
+    def _remember(self, state: _Series, closing: WindowAggregate, live: bool) -> None:
+        """Keep what hopping needs of a closing window: its numbers, and the baseline before it."""
+        if not self.config_for(closing.topic).hopping:
+            return
+        lengths = self._lengths.get((closing.topic, closing.model_version), set())
+        if any(h < closing.window_seconds for h in lengths):  # it may be a trailing window's length
+            b = state.baseline
+            state.snapshots[closing.window_start] = replace(b, hour_of_day=dict(b.hour_of_day),
+                                                            hour_of_week=dict(b.hour_of_week))
+            while len(state.snapshots) > 4:
+                del state.snapshots[next(iter(state.snapshots))]
+        if any(h > closing.window_seconds for h in lengths):  # it may be a hop of a longer window
+            state.closed_log[closing.window_start] = closing
+            while len(state.closed_log) > 64:
+                del state.closed_log[next(iter(state.closed_log))]
+            if live:
+                state.hop_pending.append(closing.window_start)
+
+    def _hop_looks(self, topic: str, model_version: str, window: int) -> list[Look]:
+        """Final looks at the trailing ``window``-long windows ending at the hop windows closed since the
+        last call.  Their numbers are the sums of the closed hop windows' final numbers; their baseline is
+        the one the tumbling window they start in was tested against (the last windows not overlapping
+        them).  A trailing window aligned with a tumbling one is that window: its look is the tumbling
+        look.  A trailing window whose tumbling window has not closed yet waits for it."""
+        cfg = self.config_for(topic)
+        hop = self.hop_length(topic, model_version, window)
+        looks: list[Look] = []
+        for length in sorted(self._lengths.get((topic, model_version), ())):
+            source = self._series[SeriesKey(topic, length, model_version)]
+            if length != hop:
+                source.hop_pending.clear()  # not this topic's hop (now): nothing to test
+                continue
+            target = self._series.get(SeriesKey(topic, window, model_version))
+            waiting: list[datetime] = []
+            for start in source.hop_pending:
+                end = start + timedelta(seconds=hop)
+                trailing_start = end - timedelta(seconds=window)
+                aligned = _floor(trailing_start, window)
+                if target is None or not cfg.enabled or aligned == trailing_start:
+                    continue
+                if any(s <= aligned for s in target.open):
+                    waiting.append(start)  # its tumbling window is still filling: its baseline is not known
+                    continue
+                after = [s for s in target.snapshots if s >= aligned]
+                if after:
+                    baseline = target.snapshots[min(after)]
+                elif target.closed_until is None or target.closed_until < aligned:
+                    baseline = target.baseline
+                else:
+                    continue  # too old: its baseline is no longer kept
+                parts = [a for s, a in source.closed_log.items() if trailing_start <= s < end]
+                agg = _sum_windows(topic, trailing_start, window, model_version, parts)
+                if agg.n_posts == 0:
+                    continue
+                looks += [self._test(target, agg, kind, cfg, final=True, baseline=baseline) for kind in KINDS]
+            source.hop_pending[:] = waiting
+        return looks
+
+    def _test(self, state: _Series, agg: WindowAggregate, kind: str, cfg: SpikeConfig, *, final: bool,
+              baseline: _Baseline | None = None) -> Look:
+        b = state.baseline if baseline is None else baseline
+        hop = self.hop_length(agg.topic, agg.model_version, agg.window_seconds)
+        threshold = cfg.z_for(agg.window_seconds, hop) + (0.0 if final else cfg.open_window_z_margin)
         ready = b.windows >= cfg.warmup_windows and agg.n_posts >= cfg.min_volume
         share = share_test(agg.n_negative, agg.n_posts, b, cfg.rate_floor)
         volume = count_test(agg.n_posts, b, agg.window_start, agg.window_seconds)
@@ -427,6 +574,23 @@ class SpikeDetector:
             fired = any(look.fires for look in looks if look.kind == KIND_NEGATIVE_SPIKE)
             fold(state.baseline, agg, cfg.alpha, clip_z=None if fired or state.baseline.windows < cfg.warmup_windows
                  else cfg.baseline_clip_z)
+
+
+def _floor(t: datetime, seconds: int) -> datetime:
+    """The start of the epoch-aligned window of ``seconds`` that holds ``t`` (as stream.windows aligns)."""
+    return EPOCH + timedelta(seconds=(t - EPOCH) // timedelta(seconds=seconds) * seconds)
+
+
+def _sum_windows(topic: str, start: datetime, seconds: int, model_version: str,
+                 parts: Sequence[WindowAggregate]) -> WindowAggregate:
+    """One window's aggregate from the closed shorter windows inside it."""
+    n = sum(a.n_posts for a in parts)
+    neg = sum(a.n_negative for a in parts)
+    weighted = [(a.mean_intensity, a.n_posts) for a in parts if a.mean_intensity is not None and a.n_posts]
+    weight = sum(w for _, w in weighted)
+    return WindowAggregate(topic, start, seconds, model_version, n, neg, sum(a.n_neutral for a in parts),
+                           sum(a.n_positive for a in parts),
+                           sum(m * w for m, w in weighted) / weight if weight else None, neg / n if n else None)
 
 
 def share_test(k: int, n: int, b: _Baseline, rate_floor: float = 0.02) -> dict[str, float]:

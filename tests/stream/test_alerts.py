@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import NormalDist
 
 import pytest
 from hypothesis import given, settings
@@ -28,6 +30,8 @@ from stream.alerts import (
     detect,
     poisson_sf,
     spike_detector,
+    upcrossing_probability,
+    z_threshold_for,
 )
 from stream.incidents import IncidentBook
 from stream.settings import Settings
@@ -312,6 +316,111 @@ def test_auto_window_is_the_shortest_that_usually_holds_enough_posts() -> None:
         quiet.looks([_agg("q", i, 8, 1, 60)] + ([_agg("q", i // 5, 40, 8, 300)] if i % 5 == 4 else []))
     assert quiet.detection_window("q", MV, [60, 300, 3600]) == 300  # none holds 150: the longest warmed up
     assert detector.detection_window("new-topic", MV, [60, 300]) == 60  # nothing known yet: shortest
+
+
+# ---------------------------------------------------------------- trailing (hopping) windows
+
+HOP_START = datetime(2026, 11, 23, tzinfo=UTC)  # a Monday, midnight: hours and quarters aligned
+
+
+def _thin_minutes(days: int, seed: int, shift: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+    """Per minute (posts, negatives) of a topic of about one post a minute, share 0.2; ``shift``: minutes
+    [a, b) at share 0.42 and 1.5x volume."""
+    rng = random.Random(seed)
+    out = []
+    for m in range(days * 1440):
+        inside = shift is not None and shift[0] <= m < shift[1]
+        n = _poisson(rng, 1.5 if inside else 1.0)
+        out.append((n, sum(rng.random() < (0.42 if inside else 0.2) for _ in range(n))))
+    return out
+
+
+def _batches(minutes: list[tuple[int, int]], cuts: list[int], lengths=(15, 60)) -> list[tuple[list, datetime]]:
+    """The worker's view: per batch of consecutive minutes, the current aggregate of every window the batch
+    touched (recomputed from all its posts so far) and the event-time watermark (the batch's end)."""
+    totals: dict[tuple[int, int], list[int]] = {}
+    out, m = [], 0
+    sizes = iter(cuts)
+    while m < len(minutes):
+        size = next(sizes, 1)
+        touched: set[tuple[int, int]] = set()
+        for minute in range(m, min(m + size, len(minutes))):
+            n, k = minutes[minute]
+            for length in lengths:
+                key = (length, minute // length)
+                acc = totals.setdefault(key, [0, 0])
+                acc[0] += n
+                acc[1] += k
+                if n:
+                    touched.add(key)
+        m = min(m + size, len(minutes))
+        aggs = [WindowAggregate("thin", HOP_START + timedelta(minutes=length * i), length * 60, MV,
+                                totals[(length, i)][0], totals[(length, i)][1], 0,
+                                totals[(length, i)][0] - totals[(length, i)][1], None, None)
+                for length, i in sorted(touched)]
+        out.append((aggs, HOP_START + timedelta(minutes=m)))
+    return out
+
+
+def _events(batches, config: SpikeConfig, replay: set[int] = frozenset(), shuffle_seed: int | None = None):
+    detector, book = SpikeDetector(config), IncidentBook(lambda t: config)
+    events = []
+    for j, (aggs, watermark) in enumerate(batches):
+        for _ in range(2 if j in replay else 1):  # a replayed batch: the same rows, recomputed again
+            batch = list(aggs)
+            if shuffle_seed is not None:
+                random.Random(shuffle_seed + j).shuffle(batch)
+            events += [(e.event, e.kind, e.window_start, e.window_seconds, e.n_posts, e.n_negative)
+                       for e in book.apply(detector.looks(batch, watermark=watermark))]
+    return events
+
+
+# Two days of warm-up, then 45 minutes at share 0.42 from 10:38 to 11:23 of day three: 22 minutes in one
+# hour, 23 in the next, so each tumbling hour holds half of it.
+STRADDLING = (2 * 1440 + 10 * 60 + 38, 2 * 1440 + 11 * 60 + 23)
+
+
+def test_a_shift_across_an_hour_boundary_is_caught_by_the_trailing_hour() -> None:
+    """One post a minute, judged on hour windows: tumbling, each hour holds half the shift and neither
+    reaches the threshold; the hour from 10:15 (tested when its last quarter closes) holds most of it."""
+    minutes = _thin_minutes(3, seed=6, shift=STRADDLING)
+    batches = _batches(minutes, [1] * len(minutes))
+    config = SpikeConfig(window="1h")
+    opened = [e for e in _events(batches, config) if e[0] == "opened"]
+    assert [(kind, start, seconds) for _, kind, start, seconds, _, _ in opened] == [
+        (KIND_NEGATIVE_SPIKE, HOP_START + timedelta(days=2, hours=10, minutes=15), 3600)]
+    assert [e for e in _events(batches, replace(config, hopping=False)) if e[0] == "opened"] == []
+
+
+def test_hopping_spends_the_same_weekly_budget_on_more_tests() -> None:
+    """Overlapping tests need a higher z, more so the more of them, but less than as many independent
+    tests would (each one shares most of its posts with the one before); a steady thin topic stays quiet."""
+    tumbling, quarter, five = (z_threshold_for(0.5, 3600), z_threshold_for(0.5, 3600, 900),
+                               z_threshold_for(0.5, 3600, 300))
+    assert tumbling < quarter < five
+    assert quarter < z_threshold_for(0.5, 900) and five < z_threshold_for(0.5, 300)
+    # The upcrossing probability of independent tests is P(Z1 <= z) P(Z2 > z).
+    assert math.isclose(upcrossing_probability(2.0, 0.0), NormalDist().cdf(2.0) * (1 - NormalDist().cdf(2.0)),
+                        rel_tol=1e-6)
+    minutes = _thin_minutes(4, seed=11)
+    assert _events(_batches(minutes, [1] * len(minutes)), SpikeConfig.preset("balanced", window="1h")) == []
+
+
+@given(st.lists(st.integers(1, 90), min_size=1, max_size=80), st.sets(st.integers(0, 200), max_size=20),
+       st.integers(0, 1000))
+@settings(max_examples=12, deadline=None)
+def test_trailing_windows_decide_the_same_incidents_whatever_the_batches(cuts, replay, seed) -> None:
+    """The same rows cut into other batches, each batch's windows in any order, some batches replayed:
+    the same incident events, with the same final numbers (looks at filling windows are off here: what a
+    half-filled window shows depends on where the batch ended)."""
+    minutes = _thin_minutes(3, seed=6, shift=STRADDLING)
+    config = SpikeConfig(window="1h", evaluate_open_windows=False)
+    reference = _events(_batches(minutes, [1] * len(minutes)), config)
+    assert any(e[0] == "opened" for e in reference)
+    assert _events(_batches(minutes, cuts), config, replay=replay, shuffle_seed=seed) == reference
+    with_open = SpikeConfig(window="1h")  # the same batches, shuffled and replayed: the same, open looks too
+    batches = _batches(minutes, [1] * len(minutes))
+    assert _events(batches, with_open, replay=replay, shuffle_seed=seed) == _events(batches, with_open)
 
 
 # ---------------------------------------------------------------- explanation
