@@ -292,3 +292,34 @@ def test_replay_shift_to_now_makes_the_newest_post_now(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("garbage\n", encoding="utf-8")
     assert shift_to_now(empty, now=now) == timedelta(0)
+
+
+def test_a_trailing_window_opens_the_incident_and_a_replay_adds_nothing(db: Engine) -> None:
+    """A thin topic (3 posts a minute) judged on 5-minute windows: four all-negative minutes across the
+    09:05 boundary.  Tumbling, neither 5-minute window holds enough of them; the trailing window from 09:01,
+    tested when its last minute closes, opens the incident.  A restarted worker replaying every batch from
+    the stored rows adds no alert row and no incident."""
+    def batch(i: int) -> list[dict]:
+        negatives = 3 if 63 <= i < 67 else (1 if i % 3 == 0 else 0)
+        return [{"post_id": f"thin-{i}-{j}", "topic": "thin", "created_at": T0 + timedelta(minutes=i, seconds=j * 15),
+                 "label": "negative" if j < negatives else "neutral", "text": f"thin {'outage' if j < negatives else 'ok'}"}
+                for j in range(3)]
+
+    def run(stage: WindowAlertStage) -> list:
+        new = []
+        for i in range(80):
+            posts = batch(i)
+            _write(db, posts)
+            keys = windows_touched([_Timed(p) for p in posts], stage.window_lengths_s)
+            new += stage.recompute_and_detect({MV: keys}, watermark=T0 + timedelta(minutes=i + 1))
+        return new
+
+    def stage() -> WindowAlertStage:
+        return WindowAlertStage(db, (60, 300), SpikeDetector(SpikeConfig(window="5m")))
+
+    new = run(stage())
+    opened = [(a.kind, a.window_start, a.window_seconds) for a in new if a.event == "opened"]
+    assert opened == [("negative_spike", T0 + timedelta(minutes=61), 300)]
+    assert [a.event for a in new][-1] == "resolved"
+    alerts = len(_rows(db, AlertRow))
+    assert run(stage()) == [] and len(_rows(db, AlertRow)) == alerts and len(_rows(db, AlertIncidentRow)) == 1
