@@ -32,11 +32,12 @@ def topic() -> str:
 
 
 def read_topic(target: BrokerTarget, topic: str, *, expect: int | None = None,
-               timeout_s: float = 10.0, settle_s: float = 1.0) -> list[tuple[str, Post]]:
+               timeout_s: float = 30.0, settle_s: float = 1.0) -> list[tuple[str, Post]]:
     """Every (key, Post) on ``topic`` from the beginning.
 
     Reads until ``expect`` records arrived (then ``settle_s`` more, to catch duplicates) or until the
-    topic has been quiet for ``settle_s`` when no count is expected; never longer than ``timeout_s``.
+    topic has been quiet for ``settle_s`` when no count is expected; never longer than ``timeout_s`` (a
+    liveness bound, 30 s for a fresh consumer on a loaded machine: once the count is there it returns).
     """
     consumer = KafkaConsumer(**kafka_python_consumer_config(target, None))
     try:

@@ -155,18 +155,23 @@ def kafka_publisher(broker: BrokerTarget, topic: str) -> tuple[Any, KafkaProduce
     return publish, producer
 
 
-def read_all(broker: BrokerTarget, topic: str, settle_s: float = 1.5) -> list[tuple[bytes, bytes]]:
+def read_all(broker: BrokerTarget, topic: str, timeout_s: float = 60.0) -> list[tuple[bytes, bytes]]:
+    """Every record on ``topic`` up to its end offsets now.  (Reading until 1.5 s went by without a record
+    could return nothing: a fresh consumer on a loaded machine can take longer than that to fetch at all.)"""
     consumer = KafkaConsumer(**kafka_python_consumer_config(broker, None))
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        deadline = time.monotonic() + timeout_s
+        while not (partitions := consumer.partitions_for_topic(topic)):
+            assert time.monotonic() < deadline, f"no partitions for {topic} in {timeout_s}s"
+            time.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
         out: list[tuple[bytes, bytes]] = []
-        quiet = time.monotonic()
-        while time.monotonic() - quiet < settle_s:
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{topic} not read to its end offsets {ends} in {timeout_s}s"
             got = [m for ms in consumer.poll(timeout_ms=200).values() for m in ms]
-            if got:
-                quiet = time.monotonic()
             out += [(m.key, m.value) for m in got]
         return out
     finally:
