@@ -43,7 +43,7 @@ from stream.sink import MediaOutcome, PostgresSink, SinkRecord  # noqa: E402
 
 log = logging.getLogger("bench.sink")
 
-TABLES = "sentiments, post_media, posts"
+TABLES = "sentiments, post_media, posts, post_keys"
 
 
 @dataclass(frozen=True)
@@ -93,22 +93,25 @@ def write_with_sink(engine: Engine, records: Sequence[SinkRecord], batch_size: i
 
 
 # The sink's own statements, one row per execute: same SQL, same values, no batching.
+_KEY_ROW_SQL = sink_module._KEYS_SQL.replace("VALUES %s", "VALUES (%s, %s, %s)")
 _POST_ROW_SQL = sink_module._POSTS_SQL.replace("VALUES %s", "VALUES " + sink_module._POSTS_TEMPLATE)
-_MEDIA_ROW_SQL = sink_module._MEDIA_SQL.replace("VALUES %s", "VALUES (" + ", ".join(["%s"] * 11) + ")")
+_MEDIA_ROW_SQL = sink_module._MEDIA_SQL.replace("VALUES %s", "VALUES (" + ", ".join(["%s"] * 12) + ")")
 _SENTIMENT_ROW_SQL = sink_module._SENTIMENTS_SQL.replace("VALUES %s", "VALUES " + sink_module._SENTIMENTS_TEMPLATE)
 
 
 def _write_row(cur: object, record: SinkRecord) -> None:
     import json
 
-    cur.execute(_POST_ROW_SQL, sink_module._post_row(record.post))
-    pk = cur.fetchone()[0]
+    row = sink_module._post_row(record.post)
+    cur.execute(_KEY_ROW_SQL, (row[0], row[1], row[3]))
+    pk, _, _, at = cur.fetchone()
+    cur.execute(_POST_ROW_SQL, (pk, *row[:3], at, *row[4:]))
     for m in record.media:
-        cur.execute(_MEDIA_ROW_SQL, (pk, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
+        cur.execute(_MEDIA_ROW_SQL, (pk, at, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
                                      m.width, m.height, m.error, m.fetched_at))
     s = record.sentiment
     p = s.probabilities
-    cur.execute(_SENTIMENT_ROW_SQL, (pk, s.model_version, s.label, p["negative"], p["neutral"], p["positive"],
+    cur.execute(_SENTIMENT_ROW_SQL, (pk, at, s.model_version, s.label, p["negative"], p["neutral"], p["positive"],
                                      s.intensity, json.dumps(s.modality_weights), list(record.modalities),
                                      datetime.now(UTC)))
 

@@ -39,6 +39,7 @@ from bench.measure import Timings, time_repeats  # noqa: E402
 from bench.results import DEFAULT_RESULTS_FILE, ResultEntry, command_line, markdown_table  # noqa: E402
 from stream.dashboard.read_model import DashboardReader  # noqa: E402
 from stream.migrate import make_engine  # noqa: E402
+from stream.partitions import ensure_partitions  # noqa: E402
 from stream.retention import RetentionPolicy, apply_retention  # noqa: E402
 from stream.trends import query_trends  # noqa: E402
 
@@ -49,33 +50,42 @@ SPAN = timedelta(days=365)
 
 # Topic rank k (0-based) with probability ln((k+2)/(k+1)) / ln(21), about 1/(k+1): a few loud topics and
 # a long tail.  hashint8 is PostgreSQL's own integer hash: deterministic, so reruns hold the same data.
+# Keys first, as the sink writes them (migration 0007): post_keys gives the id, posts goes to its month.
 _POSTS_SQL = """
-INSERT INTO posts (platform, post_id, author, created_at, text, lang, url, topic, keywords, raw, ingested_at)
-SELECT 'bench', i::text, 'user' || (i % 50000), c.created_at,
-       'post ' || i || ' about ' || t.topic || ': the service was down again this morning, #outage',
-       'en', 'https://bench.example/p/' || i, t.topic, ARRAY[t.topic, 'outage'],
-       jsonb_build_object('id', i::text, 'text', 'post ' || i, 'account', jsonb_build_object('id', i % 50000)),
-       c.created_at + interval '2 seconds'
+WITH src AS (
+SELECT 'bench' AS platform, i::text AS post_id, 'user' || (i % 50000) AS author, c.created_at,
+       'post ' || i || ' about ' || t.topic || ': the service was down again this morning, #outage' AS text,
+       'en' AS lang, 'https://bench.example/p/' || i AS url, t.topic, ARRAY[t.topic, 'outage'] AS keywords,
+       jsonb_build_object('id', i::text, 'text', 'post ' || i, 'account', jsonb_build_object('id', i % 50000))
+           AS raw,
+       c.created_at + interval '2 seconds' AS ingested_at
 FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS i
 CROSS JOIN LATERAL (SELECT (abs(hashint8(i)) % 1000000)::float8 / 1000000 AS u) h
 CROSS JOIN LATERAL (SELECT 'topic-' || lpad((floor(exp(h.u * ln(21))) - 1)::int::text, 2, '0') AS topic) t
 CROSS JOIN LATERAL (SELECT CAST(:start AS timestamptz)
                            + make_interval(secs => (i * CAST(:step_s AS float8)) + (abs(hashint8(i + 1)) % 60))
                            AS created_at) c
+), keys AS (
+    INSERT INTO post_keys (platform, post_id, created_at) SELECT platform, post_id, created_at FROM src
+    RETURNING id, post_id
+)
+INSERT INTO posts (id, platform, post_id, author, created_at, text, lang, url, topic, keywords, raw, ingested_at)
+SELECT keys.id, src.* FROM src JOIN keys USING (post_id)
 """
 
 _SENTIMENTS_SQL = """
-INSERT INTO sentiments (post_pk, model_version, label, p_negative, p_neutral, p_positive, intensity,
-                        modality_weights, modalities, scored_at)
-SELECT p.id, 'bench-m1', (ARRAY['negative', 'neutral', 'positive'])[1 + abs(hashint8(p.id)) % 3],
+INSERT INTO sentiments (post_pk, post_created_at, model_version, label, p_negative, p_neutral, p_positive,
+                        intensity, modality_weights, modalities, scored_at)
+SELECT p.id, p.created_at, 'bench-m1', (ARRAY['negative', 'neutral', 'positive'])[1 + abs(hashint8(p.id)) % 3],
        0.2, 0.3, 0.5, ((abs(hashint8(p.id + 7)) % 400) - 200) / 100.0, '{"text": 1.0}', ARRAY['text'],
        p.created_at + interval '3 seconds'
 FROM posts p WHERE p.id BETWEEN :first_id AND :last_id AND p.id % 10 <> 0
 """
 
 _MEDIA_SQL = """
-INSERT INTO post_media (post_pk, url, kind, status, content_type, bytes, width, height, fetched_at)
-SELECT p.id, 'https://bench.example/m/' || p.id || '.jpg', 'image', 'ok', 'image/jpeg', 40000, 512, 384,
+INSERT INTO post_media (post_pk, post_created_at, url, kind, status, content_type, bytes, width, height,
+                        fetched_at)
+SELECT p.id, p.created_at, 'https://bench.example/m/' || p.id || '.jpg', 'image', 'ok', 'image/jpeg', 40000, 512, 384,
        p.created_at + interval '3 seconds'
 FROM posts p WHERE p.id BETWEEN :first_id AND :last_id AND p.id % 5 = 0
 """
@@ -86,6 +96,7 @@ def fill(engine: Engine, n_posts: int, end: datetime, chunk: int = 250_000) -> N
     start = end - SPAN
     step_s = SPAN.total_seconds() / n_posts
     started = time.perf_counter()
+    ensure_partitions(engine, now=start, ahead=(end.year - start.year) * 12 + end.month - start.month + 1)
     for first in range(0, n_posts, chunk):
         last = min(n_posts, first + chunk) - 1
         with engine.begin() as conn:
@@ -96,7 +107,7 @@ def fill(engine: Engine, n_posts: int, end: datetime, chunk: int = 250_000) -> N
             conn.execute(text(_MEDIA_SQL), bounds)
         log.info("%d / %d posts written (%.0f s)", last + 1, n_posts, time.perf_counter() - started)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("VACUUM ANALYZE posts, sentiments, post_media")
+        conn.exec_driver_sql("VACUUM ANALYZE post_keys, posts, sentiments, post_media")
     log.info("filled and analysed in %.0f s", time.perf_counter() - started)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import pool
 
 from stream.db import Base
 from stream.embedded import to_sqlalchemy_url
+from stream.partitions import include_object
 
 config = context.config
 target_metadata = Base.metadata
@@ -23,7 +24,8 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, compare_type=True)
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, compare_type=True,
+                      include_object=include_object)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -31,7 +33,8 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is not None:
-        context.configure(connection=connectable, target_metadata=target_metadata, compare_type=True)
+        context.configure(connection=connectable, target_metadata=target_metadata, compare_type=True,
+                      include_object=include_object)
         with context.begin_transaction():
             context.run_migrations()
         return
@@ -43,7 +46,8 @@ def run_migrations_online() -> None:
     timeouts = DatabaseTimeouts.from_settings(Settings.from_env()).without_statement_timeout()
     engine = make_engine(_url(), timeouts=timeouts, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True,
+                      include_object=include_object)
         with context.begin_transaction():
             context.run_migrations()
 

@@ -108,7 +108,8 @@ def example_posts(conn: Connection, topic: str, model_version: str, start: datet
     rows = conn.execute(
         select(p.c.platform, p.c.post_id, p.c.author, p.c.url, p.c.created_at,
                func.left(p.c.text, 280).label("text"), s.c.p_negative)
-        .join(s, and_(s.c.post_pk == p.c.id, s.c.model_version == model_version))
+        .join(s, and_(s.c.post_pk == p.c.id, s.c.post_created_at == p.c.created_at,
+                      s.c.model_version == model_version))
         .where(p.c.topic == topic, p.c.created_at >= start, p.c.created_at < end, s.c.label == "negative")
         .order_by(s.c.p_negative.desc(), p.c.post_id).limit(limit)).all()
     return [{**r._mapping, "created_at": r.created_at.isoformat(), "p_negative": round(r.p_negative, 4)}

@@ -172,6 +172,26 @@ def cmd_windows(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _maintenance_partitions(args: argparse.Namespace, settings: Settings) -> int:
+    """`maintenance partitions [--ahead N]`: create the coming months' partitions (stream/partitions.py)."""
+    from datetime import UTC, datetime
+
+    from stream.embedded import services
+    from stream.migrate import DatabaseTimeouts, check_schema, make_engine
+    from stream.partitions import ensure_partitions
+    from stream.retention import RetentionPolicy
+
+    with services(settings, need_broker=False) as resolved:
+        engine = make_engine(resolved.database_url,
+                             timeouts=DatabaseTimeouts.from_settings(settings).without_statement_timeout())
+        check_schema(engine)
+        report = ensure_partitions(engine, ahead=args.ahead,
+                                   older_than=RetentionPolicy.from_settings(settings).posts_cutoff(datetime.now(UTC)))
+        engine.dispose()
+    _out(report.summary())
+    return 0
+
+
 def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     """`maintenance retention [--dry-run]`: drop old raw payloads / posts (stream/retention.py); run it daily."""
     import time
@@ -183,6 +203,8 @@ def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     from stream.retention import RetentionPolicy, apply_retention
     from stream.settings import window_seconds
 
+    if args.maintenance_command == "partitions":
+        return _maintenance_partitions(args, settings)
     policy = RetentionPolicy.from_settings(settings)
     every_s = window_seconds(args.every) if args.every else 0
     with services(settings, need_broker=False) as resolved:
@@ -259,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     retention.add_argument("--batch-rows", type=int, default=5000, help="rows per transaction (default 5000)")
     retention.add_argument("--every", default=None, metavar="SPAN",
                            help="run again every SPAN (e.g. 1d) until stopped: the compose `retention` service")
+    partitions = maintenance_sub.add_parser(
+        "partitions", help="create the monthly partitions of posts, sentiments and media from this month on, and "
+                           "for months with rows in the DEFAULT partitions (the worker and retention do it too)")
+    partitions.add_argument("--ahead", type=int, default=3, help="months after the current one (default 3)")
     p.set_defaults(func=cmd_maintenance)
 
     from stream.dashboard.cli import register as register_dashboard  # its parser imports nothing heavy

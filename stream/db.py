@@ -3,9 +3,11 @@
 Every table that the stream writes has a natural unique key, so every write is an upsert and a Kafka
 replay rewrites the same rows instead of adding new ones:
 
-* ``posts``             (platform, post_id)
-* ``post_media``        (post_pk, url)
-* ``sentiments``        (post_pk, model_version) — a new checkpoint adds rows, never rewrites old ones
+* ``post_keys``         (platform, post_id) — the post's id and first-seen created_at (migration 0007)
+* ``posts``             (id, created_at), placed by ``post_keys``
+* ``post_media``        (post_pk, url, post_created_at)
+* ``sentiments``        (post_pk, model_version, post_created_at) — a new checkpoint adds rows, never
+  rewrites old ones
 * ``window_aggregates`` (topic, window_start, window_seconds, model_version) — recomputed from rows
 * ``alert_incidents``   (topic, kind, model_version, started_at) — one open per topic and kind
 * ``alerts``            (topic, kind, model_version, window_start, window_seconds, event)
@@ -13,6 +15,15 @@ replay rewrites the same rows instead of adding new ones:
 * ``dead_letters``      (source_topic, source_partition, source_offset)
 * ``source_cursors``    (source) — connectors resume from here after a restart
 * ``picture_features``  (sha256, encoder) — the picture-feature cache; rows are never rewritten
+
+Data for years (migration 0007, ``stream/partitions.py``): ``posts``, ``sentiments`` and ``post_media`` are
+RANGE-partitioned by month of the post's creation (``created_at``; the children carry it as
+``post_created_at`` and reference ``posts (id, created_at)``), with a DEFAULT partition each so no write
+fails.  A partitioned table cannot hold a unique key without its partition key, so the idempotency key
+(platform, post_id) lives in the unpartitioned ``post_keys``: the sink upserts it first and places the
+post at the stored id and created_at (first seen wins: a replay with another created_at rewrites the same
+row, in the same month).  Retention drops old months whole (``stream/retention.py``).  Partitions are not
+modelled here (autogenerate ignores them); ``sentistream maintenance partitions`` keeps them ahead.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -50,19 +62,36 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class PostRow(Base):
-    __tablename__ = "posts"
+class PostKeyRow(Base):
+    """The idempotency key of a post and where it lives: unpartitioned, so (platform, post_id) is unique (0007)."""
+
+    __tablename__ = "post_keys"
     __table_args__ = (
         UniqueConstraint("platform", "post_id"),
-        Index("ix_posts_topic_created_at", "topic", "created_at"),
-        Index("ix_posts_created_at", "created_at"),
+        UniqueConstraint("id", "created_at"),  # what posts (id, created_at) references
+        Index("ix_post_keys_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     platform: Mapped[str] = mapped_column(Text)
     post_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # first seen: the post's month
+
+
+class PostRow(Base):
+    __tablename__ = "posts"
+    __table_args__ = (
+        ForeignKeyConstraint(["id", "created_at"], ["post_keys.id", "post_keys.created_at"], ondelete="CASCADE"),
+        Index("ix_posts_topic_created_at", "topic", "created_at"),
+        Index("ix_posts_created_at", "created_at"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # post_keys.id
+    platform: Mapped[str] = mapped_column(Text)
+    post_id: Mapped[str] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     text: Mapped[str] = mapped_column(Text)
     lang: Mapped[str | None] = mapped_column(Text)
     # NULL once scored; otherwise why the model gave this post no sentiment (see migration 0002).
@@ -78,10 +107,15 @@ class PostRow(Base):
 
 class PostMediaRow(Base):
     __tablename__ = "post_media"
-    __table_args__ = (UniqueConstraint("post_pk", "url"),)
+    __table_args__ = (
+        UniqueConstraint("post_pk", "url", "post_created_at"),
+        ForeignKeyConstraint(["post_pk", "post_created_at"], ["posts.id", "posts.created_at"], ondelete="CASCADE"),
+        {"postgresql_partition_by": "RANGE (post_created_at)"},
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    post_pk: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"), index=True)
+    post_pk: Mapped[int] = mapped_column(BigInteger, index=True)
+    post_created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     url: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(Text)
     # pending | ok | too_large | bad_type | timeout | blocked | http_error | skipped
@@ -98,12 +132,15 @@ class PostMediaRow(Base):
 class SentimentRow(Base):
     __tablename__ = "sentiments"
     __table_args__ = (
-        UniqueConstraint("post_pk", "model_version"),
+        UniqueConstraint("post_pk", "model_version", "post_created_at"),
+        ForeignKeyConstraint(["post_pk", "post_created_at"], ["posts.id", "posts.created_at"], ondelete="CASCADE"),
         Index("ix_sentiments_model_version_scored_at", "model_version", "scored_at"),
+        {"postgresql_partition_by": "RANGE (post_created_at)"},
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    post_pk: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"))
+    post_pk: Mapped[int] = mapped_column(BigInteger)
+    post_created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     model_version: Mapped[str] = mapped_column(Text)
     label: Mapped[str] = mapped_column(Text)
     p_negative: Mapped[float] = mapped_column(Float)
@@ -296,7 +333,7 @@ class PictureFeatureRow(Base):
 
 
 __all__ = [
-    "AlertDeliveryAttemptRow", "AlertDeliveryRow", "AlertIncidentRow", "AlertMuteRow", "AlertRow", "Base", "DeadLetterRow", "PictureFeatureRow", "PostMediaRow", "PostRow",
+    "AlertDeliveryAttemptRow", "AlertDeliveryRow", "AlertIncidentRow", "AlertMuteRow", "AlertRow", "Base", "DeadLetterRow", "PictureFeatureRow", "PostKeyRow", "PostMediaRow", "PostRow",
     "SentimentRow",
     "SourceCursorRow", "WindowAggregateRow",
 ]

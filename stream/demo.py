@@ -68,7 +68,8 @@ def forget_previous_run(engine: Engine, posts: list[Post]) -> None:
     """
     topics = sorted({p.topic for p in posts})
     with engine.begin() as conn:
-        conn.execute(text("DELETE FROM posts WHERE (platform, post_id) IN "
+        # The keys: their posts, sentiments and media go with them (ON DELETE CASCADE, migration 0007).
+        conn.execute(text("DELETE FROM post_keys WHERE (platform, post_id) IN "
                           "(SELECT * FROM unnest(CAST(:platforms AS text[]), CAST(:ids AS text[])))"),
                      {"platforms": [p.platform for p in posts], "ids": [p.post_id for p in posts]})
         conn.execute(text("DELETE FROM window_aggregates WHERE topic = ANY(:topics)"), {"topics": topics})

@@ -42,12 +42,13 @@ _SELECT = """
 SELECT p.id, p.platform, p.post_id, p.text, p.created_at, p.author, p.lang, p.url, p.topic, p.keywords,
        p.ingested_at,
        COALESCE((SELECT array_agg(m.url ORDER BY m.id) FROM post_media m
-                 WHERE m.post_pk = p.id AND m.status = 'ok'), '{{}}') AS image_urls,
+                 WHERE m.post_pk = p.id AND m.post_created_at = p.created_at AND m.status = 'ok'), '{{}}') AS image_urls,
        (SELECT s.modalities FROM sentiments s
-        WHERE s.post_pk = p.id AND s.model_version = :version) AS stored_modalities
+        WHERE s.post_pk = p.id AND s.post_created_at = p.created_at AND s.model_version = :version) AS stored_modalities
 FROM posts p
 WHERE p.created_at >= :since {topic_clause}
-  AND (:force OR NOT EXISTS (SELECT 1 FROM sentiments s WHERE s.post_pk = p.id AND s.model_version = :version))
+  AND (:force OR NOT EXISTS (SELECT 1 FROM sentiments s WHERE s.post_pk = p.id AND s.post_created_at = p.created_at
+                                                 AND s.model_version = :version))
   AND p.id > :after
 ORDER BY p.id
 LIMIT :limit
@@ -56,7 +57,8 @@ LIMIT :limit
 _SPAN = """
 SELECT count(*) AS posts,
        count(*) FILTER (WHERE EXISTS (SELECT 1 FROM sentiments s
-                                      WHERE s.post_pk = p.id AND s.model_version = :version)) AS scored
+                                      WHERE s.post_pk = p.id AND s.post_created_at = p.created_at
+                                        AND s.model_version = :version)) AS scored
 FROM posts p
 WHERE p.created_at >= :since {topic_clause}
 """

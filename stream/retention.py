@@ -21,6 +21,14 @@ Safety rules:
 * Raw payloads are walked in (created_at, id) order with a moving lower bound, so each old row is read
   once per run instead of once per batch.
 
+Partitions (migration 0007, ``stream/partitions.py``): ``posts``, ``sentiments`` and ``post_media`` are
+partitioned by month of the post's creation, so a month that ends before the posts cut-off is dropped
+whole (its sentiments and media partitions first, then its posts), which costs no WAL per row and leaves
+no dead tuples to vacuum.  What remains older than the cut-off (the month the cut-off falls in, rows in
+the DEFAULT partitions) goes with the batched delete, through ``post_keys``: deleting a key cascades to
+its post, sentiments and media, and the keys of posts in dropped months go the same way.  Each run also
+creates the coming months' partitions (``ensure_partitions``), so the daily job keeps them ahead.
+
 The job is not started by the worker: run it daily from cron, a Kubernetes CronJob or the compose file
 (README, "Deployment").  A replayed post older than the cut-off is written again by the worker and is
 removed again by the next run.
@@ -30,12 +38,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+
+from stream.partitions import drop_month, ensure_partitions, months_before
 
 if TYPE_CHECKING:
     from stream.settings import Settings
@@ -44,42 +54,45 @@ log = logging.getLogger(__name__)
 
 DAY_S = 86400
 DEFAULT_BATCH_ROWS = 5000  # one transaction: a few ms to a second of locks, never minutes
+PARTITION_LOCK_TIMEOUT_MS = 10_000  # a partition drop waits this long for the tables' lock, then the run fails
 
 _RAW_BATCH_SQL = text("""
 WITH batch AS (
-    SELECT id FROM posts
+    SELECT id, created_at FROM posts
     WHERE created_at < :cutoff AND created_at >= :after_at AND (created_at, id) > (:after_at, :after_id)
       AND raw IS NOT NULL
     ORDER BY created_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 )
-UPDATE posts p SET raw = NULL FROM batch b WHERE p.id = b.id
+UPDATE posts p SET raw = NULL FROM batch b WHERE p.id = b.id AND p.created_at = b.created_at
 RETURNING p.created_at, p.id
 """)
 
 _RAW_COUNT_SQL = text(
     "SELECT count(*) FROM posts WHERE created_at < :cutoff AND created_at >= :after_at AND raw IS NOT NULL")
 
-# The children are counted from the statement's snapshot (before the delete); ON DELETE CASCADE removes them.
+# Keys are deleted; ON DELETE CASCADE removes their post, its sentiments and media.  Those are counted from
+# the statement's snapshot (before the delete).  Keys whose post was in a dropped partition count no post.
 _POSTS_BATCH_SQL = text("""
 WITH doomed AS (
-    SELECT id FROM posts WHERE created_at < :cutoff
+    SELECT id, created_at FROM post_keys WHERE created_at < :cutoff
     ORDER BY created_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM posts p USING doomed d WHERE p.id = d.id RETURNING p.id
+    DELETE FROM post_keys k USING doomed d WHERE k.id = d.id RETURNING k.id
 )
 SELECT (SELECT count(*) FROM gone),
-       (SELECT count(*) FROM sentiments s WHERE s.post_pk IN (SELECT id FROM doomed)),
-       (SELECT count(*) FROM post_media m WHERE m.post_pk IN (SELECT id FROM doomed))
+       (SELECT count(*) FROM posts p JOIN doomed d ON p.id = d.id AND p.created_at = d.created_at),
+       (SELECT count(*) FROM sentiments s JOIN doomed d ON s.post_pk = d.id AND s.post_created_at = d.created_at),
+       (SELECT count(*) FROM post_media m JOIN doomed d ON m.post_pk = d.id AND m.post_created_at = d.created_at)
 """)
 
 _POSTS_COUNT_SQL = text("""
 SELECT count(*),
-       (SELECT count(*) FROM sentiments s JOIN posts p ON p.id = s.post_pk WHERE p.created_at < :cutoff),
-       (SELECT count(*) FROM post_media m JOIN posts p ON p.id = m.post_pk WHERE p.created_at < :cutoff)
+       (SELECT count(*) FROM sentiments WHERE post_created_at < :cutoff),
+       (SELECT count(*) FROM post_media WHERE post_created_at < :cutoff)
 FROM posts WHERE created_at < :cutoff
 """)
 
@@ -149,6 +162,7 @@ class RetentionReport:
     media_deleted: int = 0
     picture_features_cutoff: datetime | None = None
     picture_features_deleted: int = 0
+    partitions_dropped: tuple[str, ...] = ()  # months dropped whole, 'YYYY-MM' (counted in the numbers above)
 
     def summary(self) -> str:
         verb = "would drop" if self.dry_run else "dropped"
@@ -158,6 +172,8 @@ class RetentionReport:
         posts = (f"{verb2} {self.posts_deleted} posts, {self.sentiments_deleted} sentiments and "
                  f"{self.media_deleted} media rows created before {self.posts_cutoff.isoformat()}"
                  if self.posts_cutoff else "posts kept (SENTISTREAM_RETENTION_POSTS_DAYS=0)")
+        if self.partitions_dropped:
+            posts += f" (whole monthly partitions {', '.join(self.partitions_dropped)} dropped)"
         pictures = (f"{verb2} {self.picture_features_deleted} cached picture features unused since "
                     f"{self.picture_features_cutoff.isoformat()}" if self.picture_features_cutoff
                     else "cached picture features kept (SENTISTREAM_RETENTION_PICTURE_FEATURES_DAYS=0)")
@@ -193,17 +209,31 @@ def apply_retention(engine: Engine, policy: RetentionPolicy, *, now: datetime | 
         return RetentionReport(True, raw_cutoff, posts_cutoff, raw, posts, sentiments, media,
                                picture_features_cutoff=pictures_cutoff, picture_features_deleted=pictures)
 
+    ensure_partitions(engine, now=now, older_than=posts_cutoff)  # the daily job keeps the months ahead
     raw = _drop_raw(engine, raw_cutoff, posts_cutoff, batch_rows, on_progress) if raw_cutoff else 0
     posts = sentiments = media = 0
+    dropped: list[str] = []
     if posts_cutoff is not None:
+        with engine.connect() as conn:
+            months = months_before(conn, posts_cutoff)
+        for month in months:  # one short transaction per month; lock_timeout: never queue writers for long
+            with engine.begin() as conn:
+                conn.execute(text(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT_MS}ms'"))
+                gone = drop_month(conn, month)
+            posts += gone.rows["posts"]
+            sentiments += gone.rows["sentiments"]
+            media += gone.rows["post_media"]
+            dropped.append(month.strftime("%Y-%m"))
+            if on_progress is not None and gone.rows["posts"]:
+                on_progress(gone.rows["posts"])
         while True:
             with engine.begin() as conn:
-                n_posts, n_sentiments, n_media = (int(v) for v in conn.execute(
+                n_keys, n_posts, n_sentiments, n_media = (int(v) for v in conn.execute(
                     _POSTS_BATCH_SQL, {"cutoff": posts_cutoff, "limit": batch_rows}).one())
             posts, sentiments, media = posts + n_posts, sentiments + n_sentiments, media + n_media
             if on_progress is not None and n_posts:
                 on_progress(n_posts)
-            if n_posts < batch_rows:
+            if n_keys < batch_rows:
                 break
     pictures = 0
     while pictures_cutoff is not None:
@@ -216,6 +246,7 @@ def apply_retention(engine: Engine, policy: RetentionPolicy, *, now: datetime | 
             break
     report = RetentionReport(False, raw_cutoff, posts_cutoff, raw, posts, sentiments, media,
                              picture_features_cutoff=pictures_cutoff, picture_features_deleted=pictures)
+    report = replace(report, partitions_dropped=tuple(dropped))
     log.info("retention: %s", report.summary())
     return report
 

@@ -7,6 +7,15 @@ ack the batch's messages.  A failure rolls the transaction back and raises, so n
 the batch is redelivered.  Every statement is an upsert on a natural key, which makes redelivery
 harmless: at-least-once in, exactly-once in effect.
 
+Posts are placed through ``post_keys`` (migration 0007: ``posts`` is partitioned by month of
+``created_at`` and cannot hold the (platform, post_id) key itself): the key is upserted first and returns
+the post's id and its first-seen created_at, and the post row is upserted at (id, created_at).  A replay
+with another created_at therefore rewrites the same row in the same month; a key whose post is gone (a
+deleted or truncated post) is placed anew.  Media and sentiments carry the post's created_at
+(``post_created_at``) so they sit in the same month's partitions.  Two transactions placing the same new
+post with different created_at at the same moment cannot split it: the later one fails on
+``fk_posts_id_post_keys`` and its batch is written again, onto the stored row.
+
 Small batches go in with multi-row ``INSERT ... ON CONFLICT`` through psycopg2's ``execute_values``;
 batches from ``COPY_MIN_ROWS`` posts up are streamed with COPY into session-local staging tables and
 moved with one ``INSERT ... SELECT ... ON CONFLICT`` per table (same upserts, same rows, far fewer bytes
@@ -138,36 +147,44 @@ TransactionHook = Callable[[Any, Sequence[SinkRecord], dict[str, int]], None]
 
 _POSTS_COLUMNS = ("platform, post_id, author, created_at, text, lang, url, topic, keywords, raw, ingested_at, "
                   "unscored_reason")
+# The key first: the stored id and created_at win; a key whose post row is gone takes the new created_at.
+_KEYS_UPSERT = """
+ON CONFLICT (platform, post_id) DO UPDATE SET created_at = CASE
+    WHEN EXISTS (SELECT 1 FROM posts p WHERE p.id = post_keys.id AND p.created_at = post_keys.created_at)
+    THEN post_keys.created_at ELSE EXCLUDED.created_at END
+RETURNING id, platform, post_id, created_at
+"""
+_KEYS_SQL = f"INSERT INTO post_keys (platform, post_id, created_at) VALUES %s{_KEYS_UPSERT}"
 _POSTS_UPSERT = """
-ON CONFLICT (platform, post_id) DO UPDATE SET
-    author = EXCLUDED.author, created_at = EXCLUDED.created_at, text = EXCLUDED.text,
+ON CONFLICT (id, created_at) DO UPDATE SET
+    author = EXCLUDED.author, text = EXCLUDED.text,
     lang = EXCLUDED.lang, url = EXCLUDED.url, topic = EXCLUDED.topic, keywords = EXCLUDED.keywords,
     raw = COALESCE(EXCLUDED.raw, posts.raw), unscored_reason = EXCLUDED.unscored_reason, updated_at = now()
-RETURNING id, platform, post_id
 """
-_POSTS_SQL = f"INSERT INTO posts ({_POSTS_COLUMNS}) VALUES %s{_POSTS_UPSERT}"
-_POSTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::jsonb, %s, %s)"
+_POSTS_SQL = f"INSERT INTO posts (id, {_POSTS_COLUMNS}) VALUES %s{_POSTS_UPSERT}"
+_POSTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::jsonb, %s, %s)"
 
-_MEDIA_COLUMNS = "post_pk, url, kind, status, content_type, bytes, sha256, width, height, error, fetched_at"
+_MEDIA_COLUMNS = ("post_pk, post_created_at, url, kind, status, content_type, bytes, sha256, width, height, error, "
+                  "fetched_at")
 _MEDIA_UPSERT = """
-ON CONFLICT (post_pk, url) DO UPDATE SET
+ON CONFLICT (post_pk, url, post_created_at) DO UPDATE SET
     kind = EXCLUDED.kind, status = EXCLUDED.status, content_type = EXCLUDED.content_type,
     bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, width = EXCLUDED.width, height = EXCLUDED.height,
     error = EXCLUDED.error, fetched_at = EXCLUDED.fetched_at
 """
 _MEDIA_SQL = f"INSERT INTO post_media ({_MEDIA_COLUMNS}) VALUES %s{_MEDIA_UPSERT}"
 
-_SENTIMENTS_COLUMNS = ("post_pk, model_version, label, p_negative, p_neutral, p_positive, intensity, "
-                       "modality_weights, modalities, scored_at")
+_SENTIMENTS_COLUMNS = ("post_pk, post_created_at, model_version, label, p_negative, p_neutral, p_positive, "
+                       "intensity, modality_weights, modalities, scored_at")
 _SENTIMENTS_UPSERT = """
-ON CONFLICT (post_pk, model_version) DO UPDATE SET
+ON CONFLICT (post_pk, model_version, post_created_at) DO UPDATE SET
     label = EXCLUDED.label, p_negative = EXCLUDED.p_negative, p_neutral = EXCLUDED.p_neutral,
     p_positive = EXCLUDED.p_positive, intensity = EXCLUDED.intensity,
     modality_weights = EXCLUDED.modality_weights, modalities = EXCLUDED.modalities,
     scored_at = EXCLUDED.scored_at
 """
 _SENTIMENTS_SQL = f"INSERT INTO sentiments ({_SENTIMENTS_COLUMNS}) VALUES %s{_SENTIMENTS_UPSERT}"
-_SENTIMENTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::text[], %s)"
+_SENTIMENTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::text[], %s)"
 
 # The COPY path (``PostgresSink(bulk=...)``): rows are streamed into session-local staging tables with
 # COPY (no per-row parsing of SQL, no per-row round trip), then moved with one INSERT ... SELECT ... ON
@@ -179,17 +196,21 @@ CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_posts (
     topic text, keywords text[], raw jsonb, ingested_at timestamptz, unscored_reason text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_media (
-    post_pk bigint, url text, kind text, status text, content_type text, bytes integer, sha256 text,
+    post_pk bigint, post_created_at timestamptz, url text, kind text, status text, content_type text, bytes integer, sha256 text,
     width integer, height integer, error text, fetched_at timestamptz
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_sentiments (
-    post_pk bigint, model_version text, label text, p_negative double precision, p_neutral double precision,
+    post_pk bigint, post_created_at timestamptz, model_version text, label text, p_negative double precision, p_neutral double precision,
     p_positive double precision, intensity double precision, modality_weights jsonb, modalities text[],
     scored_at timestamptz
 ) ON COMMIT DELETE ROWS;
 """
 _POSTS_COPY = f"COPY sentistream_stage_posts ({_POSTS_COLUMNS}) FROM STDIN"
-_POSTS_FROM_STAGE = (f"INSERT INTO posts ({_POSTS_COLUMNS}) SELECT {_POSTS_COLUMNS} FROM sentistream_stage_posts"
+_KEYS_FROM_STAGE = ("INSERT INTO post_keys (platform, post_id, created_at) "
+                    f"SELECT platform, post_id, created_at FROM sentistream_stage_posts{_KEYS_UPSERT}")
+_STAGE_POSTS_PLACED = ", ".join("k.created_at" if c == "created_at" else f"s.{c}" for c in _POSTS_COLUMNS.split(", "))
+_POSTS_FROM_STAGE = (f"INSERT INTO posts (id, {_POSTS_COLUMNS}) SELECT k.id, {_STAGE_POSTS_PLACED} "
+                     "FROM sentistream_stage_posts s JOIN post_keys k ON k.platform = s.platform AND k.post_id = s.post_id"
                      f"{_POSTS_UPSERT}")
 _MEDIA_COPY = f"COPY sentistream_stage_media ({_MEDIA_COLUMNS}) FROM STDIN"
 _MEDIA_FROM_STAGE = (f"INSERT INTO post_media ({_MEDIA_COLUMNS}) SELECT {_MEDIA_COLUMNS} FROM sentistream_stage_media"
@@ -250,9 +271,10 @@ class PostgresSink:
             with raw.cursor() as cur:
                 if copy and records:
                     cur.execute(_STAGING_DDL)
-                post_pks = self._write_posts(cur, records, copy)
-                n_media = self._write_media(cur, records, post_pks, copy)
-                n_sent = self._write_sentiments(cur, records, post_pks, copy)
+                placed = self._write_posts(cur, records, copy)
+                post_pks = {key: pk for key, (pk, _) in placed.items()}
+                n_media = self._write_media(cur, records, placed, copy)
+                n_sent = self._write_sentiments(cur, records, placed, copy)
                 new_dead = self._write_dead_letters(cur, dead_letters)
                 for hook in self.hooks:
                     hook(cur, records, post_pks)
@@ -269,26 +291,35 @@ class PostgresSink:
         return WriteResult(posts=len(records), sentiments=n_sent, media=n_media, dead_letters=len(dead_letters),
                            post_pks=post_pks, seconds=time.perf_counter() - started)
 
-    def _write_posts(self, cur: Any, records: Sequence[SinkRecord], copy: bool = False) -> dict[str, int]:
+    def _write_posts(self, cur: Any, records: Sequence[SinkRecord],
+                     copy: bool = False) -> dict[str, tuple[int, datetime]]:
+        """Upsert the keys, then the posts where the keys place them; returns key -> (id, created_at)."""
         if not records:
             return {}
         rows = [_post_row(r.post, None if r.sentiment is not None else r.unscored_reason) for r in records]
         if copy:
             _copy_rows(cur, _POSTS_COPY, rows)
+            cur.execute(_KEYS_FROM_STAGE)
+            placed = {f"{platform}:{post_id}": (pk, at) for pk, platform, post_id, at in cur.fetchall()}
             cur.execute(_POSTS_FROM_STAGE)
-            returned = cur.fetchall()
-        else:
-            returned = execute_values(cur, _POSTS_SQL, rows, template=_POSTS_TEMPLATE,
-                                      page_size=self.page_size, fetch=True)
-        return {f"{platform}:{post_id}": pk for pk, platform, post_id in returned}
+            return placed
+        keys = execute_values(cur, _KEYS_SQL, [row[:2] + (row[3],) for row in rows], page_size=self.page_size,
+                              fetch=True)
+        placed = {f"{platform}:{post_id}": (pk, at) for pk, platform, post_id, at in keys}
+        posts = []
+        for row in rows:
+            pk, at = placed[f"{row[0]}:{row[1]}"]
+            posts.append((pk,) + row[:3] + (at,) + row[4:])
+        execute_values(cur, _POSTS_SQL, posts, template=_POSTS_TEMPLATE, page_size=self.page_size)
+        return placed
 
-    def _write_media(self, cur: Any, records: Sequence[SinkRecord], post_pks: dict[str, int],
+    def _write_media(self, cur: Any, records: Sequence[SinkRecord], placed: dict[str, tuple[int, datetime]],
                      copy: bool = False) -> int:
         rows = {}
         for r in records:
-            pk = post_pks[r.post.key]
+            pk, at = placed[r.post.key]
             for m in r.media:
-                rows[(pk, m.url)] = (pk, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
+                rows[(pk, m.url)] = (pk, at, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
                                      m.width, m.height, m.error, m.fetched_at)
         if rows and copy:
             _copy_rows(cur, _MEDIA_COPY, list(rows.values()))
@@ -297,7 +328,7 @@ class PostgresSink:
             execute_values(cur, _MEDIA_SQL, list(rows.values()), page_size=self.page_size)
         return len(rows)
 
-    def _write_sentiments(self, cur: Any, records: Sequence[SinkRecord], post_pks: dict[str, int],
+    def _write_sentiments(self, cur: Any, records: Sequence[SinkRecord], placed: dict[str, tuple[int, datetime]],
                           copy: bool = False) -> int:
         now = datetime.now(UTC)
         rows = []
@@ -306,7 +337,7 @@ class PostgresSink:
             if s is None:
                 continue
             p = s.probabilities
-            rows.append((post_pks[r.post.key], s.model_version, s.label, float(p.get("negative", 0.0)),
+            rows.append((*placed[r.post.key], s.model_version, s.label, float(p.get("negative", 0.0)),
                          float(p.get("neutral", 0.0)), float(p.get("positive", 0.0)), float(s.intensity),
                          json.dumps(s.modality_weights or {}), list(r.modalities), now))
         if rows and copy:

@@ -1,6 +1,6 @@
 """Trend queries for analysts: the ``trend_minute`` / ``trend_hour`` views, rendered as a table.
 
-The views are plain SQL (see migrations/versions/0001), so an analyst gets the same numbers from psql,
+The views are plain SQL (see migrations/versions/0007), so an analyst gets the same numbers from psql,
 a BI tool or this command; the command runs the views' SQL with its filters inside, so it reads only the
 requested span (tests/stream/test_trends_query.py holds it equal to the views).
 """
@@ -39,7 +39,7 @@ class TrendRow:
     n_with_media: int
 
 
-# The views' SQL (migrations/versions/0001) with the filters inside, before the GROUP BY: a filter on the
+# The views' SQL (migrations/versions/0007) with the filters inside, before the GROUP BY: a filter on the
 # view's ``bucket`` is a filter on date_trunc(created_at), which no index serves, so every post of the topic
 # was read (1M posts: 0.3-0.8 s for one topic's day, bench/RESULTS.md).  ``created_at >= :since`` is implied by
 # ``date_trunc(created_at) >= :since`` (a bucket starts at or before its posts) and lets PostgreSQL read
@@ -54,11 +54,12 @@ SELECT p.topic,
        count(*) FILTER (WHERE s.label = 'positive')    AS n_positive,
        avg(s.intensity)                                AS mean_intensity,
        (count(*) FILTER (WHERE s.label = 'negative'))::float / NULLIF(count(s.label), 0) AS negative_share,
-       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM post_media m WHERE m.post_pk = p.id)) AS n_with_media
+       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM post_media m
+                                      WHERE m.post_pk = p.id AND m.post_created_at = p.created_at)) AS n_with_media
 FROM posts p
 LEFT JOIN LATERAL (
     SELECT label, intensity FROM sentiments x
-    WHERE x.post_pk = p.id ORDER BY x.scored_at DESC, x.id DESC LIMIT 1
+    WHERE x.post_pk = p.id AND x.post_created_at = p.created_at ORDER BY x.scored_at DESC, x.id DESC LIMIT 1
 ) s ON true
 {where}
 GROUP BY p.topic, date_trunc('{unit}', p.created_at)

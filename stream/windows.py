@@ -179,7 +179,7 @@ def recompute_statement(keys: Iterable[WindowKey], model_version: str) -> Insert
             func.avg(s.c.intensity).label("mean_intensity"),
             case((n_posts > 0, cast(n_negative, Float) / n_posts), else_=None).label("negative_share"),
         )
-        .select_from(p.join(s, and_(s.c.post_pk == p.c.id,
+        .select_from(p.join(s, and_(s.c.post_pk == p.c.id, s.c.post_created_at == p.c.created_at,
                                     s.c.model_version == bindparam("model_version", model_version))))
         .where(p.c.topic == k.c.topic, p.c.created_at >= k.c.window_start, p.c.created_at < window_end)
         .lateral("counts")
@@ -235,7 +235,8 @@ def all_window_keys(conn: Connection, window_lengths_s: Iterable[int], model_ver
     for length in window_lengths_s:
         start = func.to_timestamp(func.floor(func.extract("epoch", p.c.created_at) / length) * length)
         query = (select(p.c.topic, start.label("window_start")).distinct()
-                 .join(s, and_(s.c.post_pk == p.c.id, s.c.model_version == model_version))
+                 .join(s, and_(s.c.post_pk == p.c.id, s.c.post_created_at == p.c.created_at,
+                               s.c.model_version == model_version))
                  .where(start >= FIRST_WINDOW_START))  # a window before year 1 has no Python key
         if since is not None:
             query = query.where(p.c.created_at >= window_start(since, length))
@@ -265,7 +266,7 @@ def stored_window_keys(conn: Connection, window_lengths_s: Iterable[int], model_
 def scored_model_versions(conn: Connection, since: datetime | None = None, topic: str | None = None) -> list[str]:
     """Model versions with sentiments on posts in the span, or with aggregate rows in it."""
     p, s, w = PostRow.__table__, SentimentRow.__table__, WindowAggregateRow.__table__
-    scored = select(s.c.model_version).join(p, p.c.id == s.c.post_pk)
+    scored = select(s.c.model_version).join(p, and_(p.c.id == s.c.post_pk, p.c.created_at == s.c.post_created_at))
     stored = select(w.c.model_version)
     if since is not None:
         scored = scored.where(p.c.created_at >= since)

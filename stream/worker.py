@@ -229,6 +229,18 @@ def database_probe(database_url: str) -> Any:
     return probe
 
 
+def _ensure_partitions(engine: Any) -> None:
+    """The coming months' partitions, so a deployment without the daily job keeps them ahead (0007).  A failure
+    (a lock held elsewhere) is logged, not fatal: rows without a month land in the DEFAULT partition."""
+    from stream.partitions import ensure_partitions
+
+    try:
+        ensure_partitions(engine)
+    except Exception:  # noqa: BLE001 - the worker runs fine on the DEFAULT partition
+        log.warning("could not create the coming months' partitions; `sentistream maintenance partitions` "
+                    "will", exc_info=True)
+
+
 def main(settings: Settings) -> int:
     """`sentistream worker`: resolve services, check the schema, load the model, run the Faust worker."""
     language_gate = load_language_gate(settings)  # a bad topics file fails before anything starts
@@ -240,6 +252,7 @@ def main(settings: Settings) -> int:
         startup.waiting_for("database", database_location(engine.url))
         wait_for_database(engine, settings.startup_wait_s, on_waiting=startup.set_detail)
         check_schema(engine)
+        _ensure_partitions(engine)
         engine.dispose()
         startup.waiting_for("model")
         scorer = load_scorer(settings)
@@ -280,3 +293,4 @@ def main(settings: Settings) -> int:
         log.info("worker consuming %s from %s (embedded=%s)", settings.topic_raw,
                  resolved.broker.bootstrap_servers, resolved.broker.embedded)
         return run_worker(settings, resolved.broker, processor_factory, state)
+

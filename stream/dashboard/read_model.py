@@ -107,7 +107,7 @@ WITH counts AS (
     FROM posts p
     LEFT JOIN LATERAL (
         SELECT label, intensity FROM sentiments x
-        WHERE x.post_pk = p.id ORDER BY x.scored_at DESC, x.id DESC LIMIT 1
+        WHERE x.post_pk = p.id AND x.post_created_at = p.created_at ORDER BY x.scored_at DESC, x.id DESC LIMIT 1
     ) s ON true
     WHERE p.created_at >= :first AND p.created_at < :end AND (CAST(:topic AS text) IS NULL OR p.topic = :topic)
     GROUP BY 1, 2
@@ -140,12 +140,13 @@ SELECT p.id, p.platform, p.post_id, p.author, p.created_at, p.text, p.url, p.lan
        s.model_version, s.label, s.p_negative, s.intensity, s.modalities, s.modality_weights,
        coalesce((SELECT jsonb_agg(jsonb_build_object('url', m.url, 'kind', m.kind, 'status', m.status)
                                   ORDER BY m.id)
-                 FROM post_media m WHERE m.post_pk = p.id), '[]'::jsonb) AS media,
+                 FROM post_media m WHERE m.post_pk = p.id AND m.post_created_at = p.created_at), '[]'::jsonb) AS media,
        count(*) OVER () AS total
 FROM posts p
 LEFT JOIN LATERAL (
     SELECT model_version, label, p_negative, intensity, modalities, modality_weights FROM sentiments x
-    WHERE x.post_pk = p.id AND (CAST(:model_version AS text) IS NULL OR x.model_version = :model_version)
+    WHERE x.post_pk = p.id AND x.post_created_at = p.created_at
+      AND (CAST(:model_version AS text) IS NULL OR x.model_version = :model_version)
     ORDER BY x.scored_at DESC, x.id DESC LIMIT 1
 ) s ON true
 WHERE p.topic = :topic AND p.created_at >= :start AND p.created_at < :end

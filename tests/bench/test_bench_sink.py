@@ -56,7 +56,7 @@ def test_sink_bench_writes_the_same_rows_as_the_real_sink(tmp_path, pg_server: s
             sink.write_with_sink(engine, records, 7)
             with engine.begin() as conn:
                 by_sink = conn.execute(text(snapshot)).scalar()
-                conn.execute(text("TRUNCATE sentiments, post_media, posts RESTART IDENTITY CASCADE"))
+                conn.execute(text("TRUNCATE sentiments, post_media, posts, post_keys RESTART IDENTITY CASCADE"))
             sink.write_per_row(engine, records, 1)
             with engine.connect() as conn:
                 by_row = conn.execute(text(snapshot)).scalar()

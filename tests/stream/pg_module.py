@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from tests.conftest import create_database, drop_database
 
-TABLES = "alert_incidents, alerts, window_aggregates, sentiments, post_media, posts"
+TABLES = "alert_incidents, alerts, window_aggregates, sentiments, post_media, posts, post_keys"
 
 
 @pytest.fixture(scope="module", name="s4_engine")

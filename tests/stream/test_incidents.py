@@ -21,7 +21,7 @@ from connectors.post import Post
 from connectors.replay import replay_file, shift_to_now
 from stream.aggregation import WindowAlertStage
 from stream.alerts import SpikeConfig, SpikeDetector, looks_with_history
-from stream.db import AlertIncidentRow, AlertRow, PostRow, SentimentRow
+from stream.db import AlertIncidentRow, AlertRow, PostKeyRow, PostRow, SentimentRow
 from stream.incidents import apply_looks
 from stream.windows import recompute_windows, windows_touched
 from tests.stream.pg_module import db_fixture, s4_engine_fixture  # noqa: F401 - fixtures
@@ -47,14 +47,17 @@ def _posts(topic: str, minute: int, n: int, rate: float, rng: random.Random, bur
 
 def _write(db: Engine, posts: list[dict], model_versions: tuple[str, ...] = (MV,)) -> None:
     with db.begin() as conn:
+        conn.execute(pg_insert(PostKeyRow).on_conflict_do_nothing(), [
+            {"platform": "bluesky", "post_id": p["post_id"], "created_at": p["created_at"]} for p in posts])
+        placed = {post_id: (pk, at) for post_id, pk, at in conn.execute(
+            select(PostKeyRow.post_id, PostKeyRow.id, PostKeyRow.created_at).where(
+                PostKeyRow.platform == "bluesky", PostKeyRow.post_id.in_([p["post_id"] for p in posts])))}
         conn.execute(pg_insert(PostRow).on_conflict_do_nothing(), [
-            {"platform": "bluesky", "post_id": p["post_id"], "text": p["text"], "author": f"user{i}.bsky.social",
-             "url": f"https://bsky.app/profile/x/post/{p['post_id']}", "created_at": p["created_at"],
+            {"id": placed[p["post_id"]][0], "platform": "bluesky", "post_id": p["post_id"], "text": p["text"], "author": f"user{i}.bsky.social",
+             "url": f"https://bsky.app/profile/x/post/{p['post_id']}", "created_at": placed[p["post_id"]][1],
              "topic": p["topic"], "ingested_at": p["created_at"]} for i, p in enumerate(posts)])
-        ids = dict(conn.execute(select(PostRow.post_id, PostRow.id).where(
-            PostRow.post_id.in_([p["post_id"] for p in posts]))).all())
         conn.execute(pg_insert(SentimentRow).on_conflict_do_nothing(), [
-            {"post_pk": ids[p["post_id"]], "model_version": mv, "label": p["label"],
+            {"post_pk": placed[p["post_id"]][0], "post_created_at": placed[p["post_id"]][1], "model_version": mv, "label": p["label"],
              "p_negative": 0.9 if p["label"] == "negative" else 0.1, "p_neutral": 0.05, "p_positive": 0.05,
              "intensity": 0.5} for p in posts for mv in model_versions])
 

@@ -16,7 +16,7 @@ from sqlalchemy import delete, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from stream.db import PostRow, SentimentRow, WindowAggregateRow
+from stream.db import PostKeyRow, PostRow, SentimentRow, WindowAggregateRow
 from stream.windows import (
     EPOCH,
     WindowKey,
@@ -69,11 +69,13 @@ def test_windows_touched_has_one_key_per_post_topic_and_length() -> None:
 def _store(conn, rows: list[tuple[str, str, datetime, str, float]], model_version: str = MV) -> None:
     """rows: (post_id, topic, created_at, label, intensity)."""
     for post_id, topic, created_at, label, intensity in rows:
-        pk = conn.execute(insert(PostRow).values(
-            platform="replay", post_id=post_id, text="t", created_at=created_at, topic=topic,
-            ingested_at=created_at).returning(PostRow.id)).scalar_one()
+        pk = conn.execute(insert(PostKeyRow).values(platform="replay", post_id=post_id, created_at=created_at)
+                          .returning(PostKeyRow.id)).scalar_one()
+        conn.execute(insert(PostRow).values(
+            id=pk, platform="replay", post_id=post_id, text="t", created_at=created_at, topic=topic,
+            ingested_at=created_at))
         conn.execute(insert(SentimentRow).values(
-            post_pk=pk, model_version=model_version, label=label, p_negative=0.3, p_neutral=0.3,
+            post_pk=pk, post_created_at=created_at, model_version=model_version, label=label, p_negative=0.3, p_neutral=0.3,
             p_positive=0.4, intensity=intensity))
 
 
