@@ -15,6 +15,7 @@ The issue's target is under 200 ms at 10 million posts.
     .venv/bin/python -m bench.trends                           # 1,000,000 posts, 5 repeats
     .venv/bin/python -m bench.trends --posts 10000000          # the issue's size (about 8 GB of disk)
     .venv/bin/python -m bench.trends --retention-raw-days 30   # + one retention run, queries again after it
+    .venv/bin/python -m bench.trends --retention-posts-days 180  # + dropping half a year of monthly partitions
 """
 
 from __future__ import annotations
@@ -160,6 +161,26 @@ def time_retention(engine: Engine, raw_days: int, now: datetime, topic: str, rep
     return out
 
 
+def time_posts_retention(engine: Engine, posts_days: int, now: datetime, topic: str, repeats: int,
+                         target_ms: float) -> list[list[str]]:
+    """One posts retention run (whole months dropped, the edge deleted through post_keys) and the biggest
+    topic's queries after it, as table rows."""
+    policy = RetentionPolicy(raw_days=0, posts_days=posts_days, floor_s=3600)
+    started = time.perf_counter()
+    report = apply_retention(engine, policy, now=now)
+    seconds = time.perf_counter() - started
+    months = f"{len(report.partitions_dropped)} months dropped whole" if report.partitions_dropped else "no month"
+    out = [[f"maintenance retention, posts older than {posts_days} d",
+            f"{report.posts_deleted:,} posts deleted ({months})", f"{1000 * seconds:,.0f}", "", "",
+            f"{report.posts_deleted / seconds:,.0f} posts/s"]]
+    for name, work in queries(engine, topic, now).items():
+        timings = time_repeats(work, items=1, repeats=repeats)
+        out.append([f"{name}, after posts retention", topic, f"{1000 * timings.seconds[0]:.1f}",
+                    f"{1000 * timings.median:.1f}", f"{1000 * timings.best:.1f}",
+                    "yes" if 1000 * timings.median < target_ms else "**no**"])
+    return out
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = script_parser("trends", __doc__)
     parser.add_argument("--posts", type=int, default=1_000_000, help="posts over the year (issue size: 10000000)")
@@ -171,6 +192,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retention-raw-days", type=int, default=0,
                         help="afterwards, time `maintenance retention` dropping raw payloads older than this "
                              "(0 = skip); then the queries are timed again")
+    parser.add_argument("--retention-posts-days", type=int, default=0,
+                        help="afterwards, time `maintenance retention` deleting posts older than this (months "
+                             "dropped whole, 0 = skip); then the queries are timed again")
     parser.add_argument("--results-file", type=Path, default=DEFAULT_RESULTS_FILE)
     return parser
 
@@ -204,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.retention_raw_days:
             rows += time_retention(engine, args.retention_raw_days, now, picked[0][0], args.repeats,
                                    args.target_ms)
+        if args.retention_posts_days:
+            rows += time_posts_retention(engine, args.retention_posts_days, now, picked[0][0], args.repeats,
+                                         args.target_ms)
         engine.dispose()
     entry.fact("data", f"{args.posts:,} posts over 365 days ending at the run's start, {TOPICS} topics "
                        f"(largest {sizes[0][1]:,}, smallest {sizes[-1][1]:,}), 90% scored, 20% with a media "

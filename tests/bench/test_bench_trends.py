@@ -37,7 +37,7 @@ def test_trends_bench_appends_an_entry_with_every_query(tmp_path) -> None:
     backend = "embedded" if server is None else "configured"
     results = tmp_path / "RESULTS.md"
     argv = ["--posts", "2000", "--repeats", "1", "--backend", backend, "--retention-raw-days", "30",
-            "--results-file", str(results)]
+            "--retention-posts-days", "180", "--results-file", str(results)]
     if server is not None:
         argv += ["--database-url", server]
 
@@ -46,7 +46,8 @@ def test_trends_bench_appends_an_entry_with_every_query(tmp_path) -> None:
     text_ = results.read_text()
     assert "## bench/trends.py" in text_ and "- command: `.venv/bin/python -m bench.trends --posts 2000" in text_
     rows = [line for line in text_.splitlines() if line.startswith("| ") and "ms" not in line.split("|")[1]]
-    assert sum("dashboard series" in r for r in rows) == 6  # 2 topics x 2 buckets, then the biggest again
-    assert sum("sentistream trends" in r for r in rows) == 6
+    assert sum("dashboard series" in r for r in rows) == 8  # 2 topics x 2 buckets, the biggest after each retention
+    assert sum("sentistream trends" in r for r in rows) == 8
+    assert any("posts older than 180 d" in r and "months dropped whole" in r for r in rows)
     retention = [r for r in rows if "maintenance retention" in r]
-    assert len(retention) == 2 and "| 0 payloads dropped |" in retention[1]
+    assert len(retention) == 3 and "| 0 payloads dropped |" in retention[1]
