@@ -311,6 +311,168 @@ def render(rows: list[Measurement], repeats: int) -> str:
               "every model loaded before it, so compare rows of one system).\n")
 
 
+@dataclass
+class System:
+    """One contender of the interleaved comparison: ``work`` scores ``items`` posts once."""
+
+    key: str
+    label: str
+    work: Callable[[], object]
+    items: int
+    warmup: Callable[[], object] | None = None  # the untimed first pass; None: one ``work``
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def timings(self) -> Timings:
+        return Timings(tuple(self.seconds), self.items)
+
+
+def interleave(systems: Sequence[System], rounds: int) -> None:
+    """Each round times every system once, in turn (A B C A B C ...): a slow spell of the shared machine
+    lands on all of them instead of on whichever ran during it.  One untimed pass each first."""
+    import time
+
+    for system in systems:
+        (system.warmup or system.work)()
+    for round_ in range(rounds):
+        for system in systems:
+            started = time.perf_counter()
+            system.work()
+            system.seconds.append(time.perf_counter() - started)
+        log.info("round %d/%d: %s", round_ + 1, rounds,
+                 ", ".join(f"{s.key} {s.items / s.seconds[-1]:.1f}/s" for s in systems))
+
+
+def round_ratios(fast: System, slow: System) -> list[float]:
+    """Per round, how many times ``fast``'s posts/s ``slow``'s was (same round: same machine state)."""
+    return [(fast.items / f) / (slow.items / s) for f, s in zip(fast.seconds, slow.seconds, strict=True)]
+
+
+def fmt_ratio(ratios: Sequence[float]) -> str:
+    import statistics
+
+    return f"{statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def scorer_macro_recall(scorer, examples: list, batch: int) -> float:
+    from model.labels import LABELS
+    from model.scorer import ScoreInput
+
+    predicted: list[int] = []
+    for i in range(0, len(examples), batch):
+        predicted += [LABELS.index(r.label) for r in scorer.score([ScoreInput(e.text) for e in examples[i:i + batch]])]
+    recalls = []
+    for c in range(len(LABELS)):
+        members = [p for p, e in zip(predicted, examples, strict=True) if e.label == c]
+        if members:
+            recalls.append(sum(p == c for p in members) / len(members))
+    return sum(recalls) / len(recalls)
+
+
+def bench_interleaved(args: argparse.Namespace, chosen, texts: list[str], entry: ResultEntry) -> None:
+    """#14 goals 1-2 in one run: the Scorer's text path on torch and on ONNX Runtime against the
+    roberta-base-shaped HF pipeline at batch 1 and 64, and text+picture against text, interleaved."""
+    import torch
+
+    from model.image_cache import ImageFeatureCache
+    from model.scorer import ScoreInput, Scorer
+
+    batch = 64
+    scorers = {runtime: Scorer.from_checkpoint(chosen.path, device="cpu", encoder_runtime=runtime)
+               for runtime in ("torch", "onnx")}
+    scorers["onnx int8"] = Scorer.from_checkpoint(chosen.path, device="cpu", encoder_runtime="onnx", text_int8=True)
+    for runtime, scorer in scorers.items():
+        scorer.image_cache = ImageFeatureCache(0)  # distinct pictures: every one through the encoder
+        log.info("scorer %s: %s", runtime, scorer.encoder_runtimes)
+    photos = skimage_photos()
+    text_posts = [ScoreInput(t) for t in texts]
+    image_posts = [ScoreInput(t, images=[photos[i % len(photos)]]) for i, t in enumerate(texts)]
+    picture_posts = image_posts[:args.image_posts]
+    picture_text = text_posts[:args.image_posts]
+
+    def scoring(scorer, posts):
+        return lambda: [scorer.score(list(b)) for b in chunks(posts, batch)]
+
+    roberta = roberta_base_shaped_pipeline("cpu")
+    hf1_texts = texts[:args.hf1_posts] if args.hf1_posts else texts
+    systems = [
+        System("torch", "Scorer text, torch encoders", scoring(scorers["torch"], text_posts), len(texts)),
+        System("onnx", "Scorer text, ONNX Runtime encoders", scoring(scorers["onnx"], text_posts), len(texts)),
+        System("onnx8", "Scorer text, ONNX Runtime, int8 text encoder (per-channel dynamic)",
+               scoring(scorers["onnx int8"], text_posts), len(texts)),
+        System("hf1", "roberta-base-shaped HF pipeline, batch 1",
+               lambda: roberta(hf1_texts, batch_size=1, truncation=True), len(hf1_texts),
+               warmup=lambda: roberta(hf1_texts[:4], batch_size=1, truncation=True)),
+        System("hf64", "roberta-base-shaped HF pipeline, batch 64",
+               lambda: roberta(texts, batch_size=batch, truncation=True), len(texts)),
+    ]
+    pictures = []
+    if scorers["onnx"].image_encoder is not None and args.image_posts > 0:
+        pictures = [
+            System("onnx-text", "Scorer text (picture comparison), ONNX Runtime",
+                   scoring(scorers["onnx"], picture_text), len(picture_text)),
+            System("onnx-pic", "Scorer text+picture, ONNX Runtime", scoring(scorers["onnx"], picture_posts),
+                   len(picture_posts)),
+            System("torch-text", "Scorer text (picture comparison), torch",
+                   scoring(scorers["torch"], picture_text), len(picture_text)),
+            System("torch-pic", "Scorer text+picture, torch", scoring(scorers["torch"], picture_posts),
+                   len(picture_posts)),
+        ]
+    interleave(systems + pictures, args.interleave)
+    by = {s.key: s for s in systems + pictures}
+
+    recall_rows = []
+    if args.recall_tweets:
+        from model.data import load_tweeteval_val
+
+        examples = load_tweeteval_val()[:args.recall_tweets]
+        for runtime, scorer in scorers.items():
+            recall = scorer_macro_recall(scorer, examples, batch)
+            recall_rows.append([f"Scorer, {runtime} encoders", f"{100 * recall:.2f}"])
+            log.info("macro recall %s: %.4f", runtime, recall)
+        fp32 = float(recall_rows[0][1])
+        recall_rows.append(["onnx − torch", f"{float(recall_rows[1][1]) - fp32:+.2f} points"])
+        recall_rows.append(["onnx int8 − torch", f"{float(recall_rows[2][1]) - fp32:+.2f} points"])
+
+    header = ["system", "posts", "posts/s median", "posts/s best", "ms/post median", "spread"]
+    table = [[s.label, s.items, fmt_rate(s.timings.rate_median), fmt_rate(s.timings.rate_best),
+              f"{s.timings.ms_per_item_median:.2f}", f"{s.timings.spread:.0%}"] for s in systems + pictures]
+    lines = [
+        f"- Scorer text batch 64, ONNX Runtime vs the roberta-base-shaped pipeline at batch 1: "
+        f"**{fmt_ratio(round_ratios(by['onnx'], by['hf1']))}**; at batch 64: "
+        f"**{fmt_ratio(round_ratios(by['onnx'], by['hf64']))}** (goal 1: ≥ 12x)",
+        f"- the same with torch encoders: {fmt_ratio(round_ratios(by['torch'], by['hf1']))} and "
+        f"{fmt_ratio(round_ratios(by['torch'], by['hf64']))}",
+        f"- ONNX Runtime vs torch encoders, Scorer text batch 64: {fmt_ratio(round_ratios(by['onnx'], by['torch']))}",
+        f"- ONNX Runtime int8 text encoder vs fp32: {fmt_ratio(round_ratios(by['onnx8'], by['onnx']))}; vs the "
+        f"pipeline at batch 1 / 64: {fmt_ratio(round_ratios(by['onnx8'], by['hf1']))} / "
+        f"{fmt_ratio(round_ratios(by['onnx8'], by['hf64']))}",
+    ]
+    if pictures:
+        lines += [
+            f"- a text+picture post costs **{fmt_ratio(round_ratios(by['onnx-text'], by['onnx-pic']))}** a text "
+            f"post with ONNX Runtime encoders, {fmt_ratio(round_ratios(by['torch-text'], by['torch-pic']))} "
+            "with torch's serving encoder (goal 2: ≤ 3x; distinct pictures, feature cache off)",
+        ]
+    entry.fact("device", f"cpu, torch threads {torch.get_num_threads()} (ONNX Runtime intra-op threads the same)")
+    entry.fact("checkpoint", f"{chosen.description} ({scorer_version(chosen.path)})")
+    entry.fact("posts", f"{len(texts)} TweetEval validation tweets per pass for every text system (the same "
+               f"tweets); text+picture: the first {len(picture_posts)} of them, each with one skimage photo "
+               "(512 px, decoded), feature cache off, against the same posts without pictures")
+    if len(hf1_texts) < len(texts):
+        entry.fact("pipeline at batch 1", f"the first {len(hf1_texts)} of those tweets per pass (one at a time, "
+                   "a post costs the same in a shorter pass; it keeps a round short on a loaded machine)")
+    entry.fact("order", f"{args.interleave} rounds after one untimed pass each; every round times each system "
+               "once, in turn, so ratios are taken within a round and summarised by their median")
+    section = ("Ratios (median of the per-round ratios; range over rounds):\n\n" + "\n".join(lines) + "\n\n"
+               + markdown_table(header, table)
+               + f"\nMedian and best of {args.interleave} interleaved rounds.\n")
+    if recall_rows:
+        section += (f"\nTweetEval sentiment validation macro recall (percent), the first {len(examples)} tweets "
+                    "through each Scorer (batch 64):\n\n" + markdown_table(["encoders", "macro recall"], recall_rows))
+    entry.section(section)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = script_parser("inference", __doc__)
     parser.add_argument("--posts", type=int, default=64,
@@ -334,6 +496,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="default: the shipped checkpoint, else an untrained stand-in")
     parser.add_argument("--results-file", type=Path, default=DEFAULT_RESULTS_FILE)
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="only the #14 goal 1-2 comparison (CPU): Scorer text batch 64 on torch and ONNX "
+                             "Runtime encoders, the roberta-base-shaped pipeline at batch 1 and 64, text+picture "
+                             "vs text, timed in turn for ROUNDS rounds")
+    parser.add_argument("--hf1-posts", type=int, default=0,
+                        help="with --interleave: the pipeline at batch 1 scores only the first N posts per pass "
+                             "(0: all)")
+    parser.add_argument("--recall-tweets", type=int, default=2000,
+                        help="with --interleave: TweetEval validation tweets scored for macro recall per "
+                             "runtime (0 skips)")
     return parser
 
 
@@ -351,6 +523,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = choose_checkpoint(args.checkpoint)
     texts_all, source = tweet_texts()
     texts = cycle(texts_all, args.posts)
+    if args.interleave > 0:
+        entry = ResultEntry("bench/inference.py: #14 goals 1-2 interleaved (Scorer on torch and ONNX Runtime, "
+                            "roberta-base-shaped pipeline, pictures)", command_line("bench.inference", argv),
+                            packages=("torch", "onnxruntime", "transformers", "tokenizers"))
+        bench_interleaved(args, chosen, texts, entry)
+        sys.stdout.write(entry.write(args.results_file))
+        return 0
     bench = Bench(args.repeats, device)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]

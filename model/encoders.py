@@ -16,6 +16,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
@@ -79,6 +80,7 @@ class TextEncoder(nn.Module):
         self.num_layers: int = int(self.model.config.num_hidden_layers)
         self.int8 = False  # see quantize_dynamic_int8
         self.onnx: dict[int, Any] = {}  # layer -> model.onnx_encoders.OnnxEncoder, see use_onnx
+        self.onnx_int8 = False  # the ONNX graphs have int8 weights (use_onnx(int8=True))
 
     @staticmethod
     def cache_name(name_or_path: str | None) -> str:
@@ -100,12 +102,15 @@ class TextEncoder(nn.Module):
         self.int8 = True
         return self
 
-    def use_onnx(self, layer: int | None = None, cache_dir: Path | None = None) -> bool:
+    def use_onnx(self, layer: int | None = None, cache_dir: Path | None = None, int8: bool = False) -> bool:
         """CPU serving: run this encoder up to ``layer`` (default: the last) in ONNX Runtime, fp32, from a
         graph exported once into the user's cache (``model.onnx_encoders``).  Used only where no gradient
         is recorded and the inputs are on the CPU; training and Grad-CAM still run torch.  Returns whether
-        it is in use: False when the export failed (logged) or the encoder is int8-quantised."""
-        from model.onnx_encoders import TokenVectors, load_or_export
+        it is in use: False when the export failed (logged) or the encoder is int8-quantised in torch.
+
+        ``int8``: ONNX Runtime's dynamic int8 with per-channel weights instead of fp32 (falls back to
+        fp32, logged, if quantising fails; ``onnx_int8`` says which runs)."""
+        from model.onnx_encoders import TokenVectors, load_or_export, quantized_int8
 
         layer = self.num_layers if layer is None else layer
         self._check_layer(layer)
@@ -117,6 +122,10 @@ class TextEncoder(nn.Module):
         session = load_or_export(self.name, f"layer{layer}", TokenVectors(self.model, layer, self.num_layers),
                                  (example["input_ids"], example["attention_mask"]),
                                  ("input_ids", "attention_mask"), "token_vectors", axes, cache_dir)
+        if session is not None and int8:
+            quantized = quantized_int8(session)
+            self.onnx_int8 = quantized is not None
+            session = quantized or session
         if session is not None:
             self.onnx[layer] = session
         return session is not None
@@ -363,6 +372,14 @@ class ImageEncoder(nn.Module):
                 normalise,
             ]
         )
+        # The eval path's geometry in PIL, then one table look-up from the 256 byte values to the model's
+        # range: the table is to_float + normalise applied to every byte value, so the pixels are the ones
+        # _eval_transform gives, bit for bit, without four torch passes over each picture (under load the
+        # thread pool's hand-offs made those cost more than the resize).
+        self._eval_geometry = transforms.Compose(self._eval_transform.transforms[:2])
+        byte_values = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256)  # a 3 x 1 x 256 "picture"
+        levels = normalise(transforms.Compose(to_float)(byte_values))  # (3, 1, 256)
+        self._levels = np.ascontiguousarray(levels[:, 0, :].T.numpy())  # (256, 3): byte value, channel
         self._train_transform = transforms.Compose(
             [
                 transforms.RandomResizedCrop(
@@ -377,7 +394,11 @@ class ImageEncoder(nn.Module):
     def transform(self, img: Image.Image, train: bool = False) -> Tensor:
         """PIL picture (any mode) -> (3, 224, 224) float tensor in the backbone's input range."""
         rgb = img.convert("RGB")
-        return (self._train_transform if train else self._eval_transform)(rgb)
+        if train:
+            return self._train_transform(rgb)
+        codes = np.asarray(self._eval_geometry(rgb))  # (224, 224, 3) uint8
+        pixels = self._levels[codes, np.arange(3)]  # (224, 224, 3) float32
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     def forward(self, pixels: Tensor) -> Tensor:
         """(B, 3, 224, 224) -> (B, D_v) global average pooled features."""

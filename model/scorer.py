@@ -171,7 +171,7 @@ class Scorer:
         ``image_cache_entries``: picture features kept in memory by sha256 (0 = no cache).
         ``encoder_runtime``: "torch", "onnx" (ONNX Runtime, fp32, CPU only) or "auto" (ONNX Runtime on a
         CPU, torch on a GPU) for the encoders it builds (``model.onnx_encoders``); an encoder passed in
-        runs as it is, and int8 keeps the text encoder in torch.
+        runs as it is.  ``text_int8`` on ONNX Runtime is its per-channel dynamic int8, not torch's.
         """
         from model.encoders import ImageEncoder, TextEncoder
         from model.onnx_encoders import choose_runtime
@@ -183,7 +183,7 @@ class Scorer:
         text_encoder_is_ours = text_encoder is None and "text" in _modalities_of(path)
         if text_encoder_is_ours:
             text_encoder = TextEncoder(_text_encoder_of(path))  # the one it was trained on
-            if text_int8 and resolved.type == "cpu":
+            if text_int8 and resolved.type == "cpu" and runtime == "torch":
                 text_encoder.quantize_dynamic_int8()
         if text_encoder is not None:
             from model.encoder_top import EncoderTop
@@ -192,8 +192,8 @@ class Scorer:
                 return EncoderTop.from_encoder(text_encoder, config.finetune_layers)
 
         net, config, meta = checkpoint.load(path, encoder_top_factory=encoder_top_factory)
-        if text_encoder_is_ours and runtime == "onnx":
-            text_encoder.use_onnx(text_encoder.num_layers - config.finetune_layers)
+        if text_encoder_is_ours and runtime == "onnx":  # text_int8: ONNX Runtime's int8 (per-channel)
+            text_encoder.use_onnx(text_encoder.num_layers - config.finetune_layers, int8=text_int8)
         if image_encoder is None and "visual" in config.modalities:
             # Ours alone, so it may be optimised for serving (folded BatchNorms, channels_last: what runs
             # where torch does, e.g. Grad-CAM; ONNX Runtime otherwise); an encoder passed in may be shared
@@ -453,7 +453,7 @@ class Scorer:
 
     @property
     def encoder_runtimes(self) -> dict[str, str]:
-        """What runs each encoder: {"text": "onnx" | "torch" | "torch int8", "visual": "onnx" | "torch"}."""
+        """What runs each encoder: {"text": "onnx" | "onnx int8" | "torch" | "torch int8", "visual": ...}."""
         return encoder_runtimes(self.text_encoder, self.image_encoder)
 
     def score(self, posts: list[ScoreInput]) -> list[SentimentResult]:
@@ -501,7 +501,8 @@ def encoder_runtimes(text_encoder: Any, image_encoder: Any) -> dict[str, str]:
     """What runs each encoder when scoring: {"text": "onnx" | "torch" | "torch int8", "visual": ...}."""
     out = {}
     if text_encoder is not None:
-        out["text"] = "onnx" if getattr(text_encoder, "onnx", None) else (
+        out["text"] = ("onnx int8" if getattr(text_encoder, "onnx_int8", False) else "onnx") \
+            if getattr(text_encoder, "onnx", None) else (
             "torch int8" if getattr(text_encoder, "int8", False) else "torch")
     if image_encoder is not None:
         out["visual"] = "onnx" if getattr(image_encoder, "onnx", None) is not None else "torch"

@@ -13,8 +13,8 @@ torch.set_num_threads(2)
 
 def test_int8_text_encoder_is_quantised_and_agrees_with_fp32_on_most_tweets() -> None:
     texts = [t.raw_text for t in fixture_tweets()]
-    fp32 = Scorer.from_checkpoint(device="cpu")
-    int8 = Scorer.from_checkpoint(device="cpu", text_int8=True)
+    fp32 = Scorer.from_checkpoint(device="cpu", encoder_runtime="torch")
+    int8 = Scorer.from_checkpoint(device="cpu", text_int8=True, encoder_runtime="torch")
     assert int8.text_encoder.int8 and not fp32.text_encoder.int8
     kinds = {type(m).__module__ for m in int8.text_encoder.modules()}
     assert any("quantized" in k for k in kinds), kinds
