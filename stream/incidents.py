@@ -11,8 +11,9 @@ PostgreSQL (:func:`apply_looks`: the worker):
 * the first closed window back within ``rearm_z`` of the baseline resolves it (event ``resolved``);
 * a spike within ``cooldown_s`` of the resolution reopens the same incident (event ``updated``) instead
   of paging again: a flapping topic is one incident;
-* a volume spike while a negative spike of the topic is open is the same incident (its evidence carries
-  the volume against baseline), so an outage that is both loud and negative pages once;
+* a volume spike while a negative spike of the topic is open, or within ``cooldown_s`` of its resolution,
+  is the same incident (its evidence carries the volume against baseline), so an outage that is both loud
+  and negative pages once (trailing windows can resolve the negative spike between the two);
 * looks at windows before the incident's newest window are old news (a replay): they change nothing.
 
 Each event is an ``alerts`` row carrying the explanation (``stream.alert_explanation``).  An event about
@@ -99,7 +100,8 @@ def _take(incident: Incident, look: Look) -> None:
 def decide(incident: Incident | None, look: Look, cfg: SpikeConfig, negative_open: bool = False,
            volume_open: Incident | None = None) -> tuple[Incident | None, str | None]:
     """(the incident after ``look``, the event to record or None); ``incident`` is the latest one of
-    the look's topic, kind and model version.  ``negative_open``: a negative spike of the topic is open;
+    the look's topic, kind and model version.  ``negative_open``: a negative spike of the topic is open or
+    cooling down (:func:`negative_covers`);
     ``volume_open``: the topic's open volume spike, which a negative spike escalates instead of opening
     a second incident.  Mutates and returns ``incident``, ``volume_open`` or a new incident.
     """
@@ -120,7 +122,7 @@ def decide(incident: Incident | None, look: Look, cfg: SpikeConfig, negative_ope
     if look.kind == KIND_VOLUME_SPIKE and negative_open:
         return incident, None  # the open negative spike is this incident; its evidence has the volume
     if look.kind == KIND_NEGATIVE_SPIKE and volume_open is not None and volume_open.status == OPEN \
-            and look.window_start >= volume_open.last_window_start:
+            and look.window_end > volume_open.started_at:  # a trailing window can start before the burst
         volume_open.kind = KIND_NEGATIVE_SPIKE  # the burst turned out negative: one incident, escalated
         volume_open.escalated_from = KIND_VOLUME_SPIKE
         _take(volume_open, look)
@@ -136,6 +138,16 @@ def decide(incident: Incident | None, look: Look, cfg: SpikeConfig, negative_ope
     if look.final:
         fresh.windows = [_window_numbers(look)]
     return fresh, OPENED
+
+
+def negative_covers(negative: Incident | None, look: Look, cfg: SpikeConfig) -> bool:
+    """The topic's negative spike is open, or resolved less than ``cooldown_s`` before ``look``'s window:
+    a volume spike now is part of it."""
+    if negative is None:
+        return False
+    if negative.status == OPEN:
+        return True
+    return negative.resolved_at is not None and (look.window_start - negative.resolved_at).total_seconds() < cfg.cooldown_s
 
 
 def is_historical(look: Look, now: datetime | None, historical_after_s: float | None) -> bool:
@@ -193,7 +205,7 @@ class IncidentBook:
             vol_key = (look.topic, KIND_VOLUME_SPIKE, look.model_version)
             volume = self.latest.get(vol_key)
             incident, event = decide(self.latest.get(key), look, self.config_for(look.topic),
-                                     negative_open=negative is not None and negative.status == OPEN,
+                                     negative_open=negative_covers(negative, look, self.config_for(look.topic)),
                                      volume_open=volume)
             if event is None or incident is None:
                 continue
@@ -306,7 +318,7 @@ def apply_looks(conn: Connection, looks: Sequence[Look], config_for: Callable[[s
             if before is None and not look.fires:
                 continue
             incident, event = decide(replace(before) if before else None, look, config_for(topic),
-                                     negative_open=negative is not None and negative.status == OPEN,
+                                     negative_open=negative_covers(negative, look, config_for(topic)),
                                      volume_open=replace(volume) if volume else None)
             if event is None or incident is None:
                 continue

@@ -24,6 +24,7 @@ from stream.alert_explanation import fightin_words, tokens
 from stream.alerts import (
     KIND_NEGATIVE_SPIKE,
     KIND_VOLUME_SPIKE,
+    Look,
     SpikeConfig,
     SpikeDetector,
     binomial_sf,
@@ -33,7 +34,7 @@ from stream.alerts import (
     upcrossing_probability,
     z_threshold_for,
 )
-from stream.incidents import IncidentBook
+from stream.incidents import IncidentBook, decide, negative_covers
 from stream.settings import Settings
 from stream.windows import WindowAggregate
 
@@ -220,6 +221,29 @@ def test_a_loud_burst_that_turns_negative_is_one_incident() -> None:
     assert [(a.event, a.kind) for a in events][:2] == [("opened", KIND_VOLUME_SPIKE), ("updated", KIND_NEGATIVE_SPIKE)]
     assert [a.event for a in events].count("opened") == 1 and len(book.all) == 1
     assert events[-1].event == "resolved"
+
+
+def test_a_trailing_window_that_starts_before_the_burst_escalates_it_and_a_late_burst_joins_the_outage() -> None:
+    """Hopping: the loud 15-minute window from 11:30 opened a volume spike; the negative trailing window from
+    11:25 overlaps it, so it escalates that incident instead of opening a second one.  And a volume spike
+    within the cooldown after a negative spike resolved is part of it (a trailing window can resolve the
+    negative spike before the burst's loudest window closes)."""
+    config = SpikeConfig()
+
+    def look(kind: str, minute: int, fires: bool = True, normal: bool = False) -> Look:
+        agg = _agg("acme", 0, 60, 40, 900)._replace(window_start=T0 + timedelta(minutes=minute))
+        return Look(kind, agg, True, fires, normal, 5.0, 0.6, 0.2, {}, 3.0)
+
+    volume, event = decide(None, look(KIND_VOLUME_SPIKE, 30), config)
+    assert event == "opened"
+    incident, event = decide(None, look(KIND_NEGATIVE_SPIKE, 25), config, volume_open=volume)
+    assert incident is volume and event == "updated" and incident.kind == KIND_NEGATIVE_SPIKE
+    resolved, event = decide(incident, look(KIND_NEGATIVE_SPIKE, 45, fires=False, normal=True), config)
+    assert event == "resolved" and resolved.status == "resolved"
+    burst = look(KIND_VOLUME_SPIKE, 50)
+    assert decide(None, burst, config, negative_open=negative_covers(resolved, burst, config)) == (None, None)
+    later = look(KIND_VOLUME_SPIKE, 45 + 61)
+    assert decide(None, later, config, negative_open=negative_covers(resolved, later, config))[1] == "opened"
 
 
 def test_volume_baseline_learns_the_daily_cycle() -> None:
