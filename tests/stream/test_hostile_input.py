@@ -135,7 +135,7 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory, embedded_postgres: Any
                 with engine.connect() as conn:
                     posts = {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(
                         text("SELECT p.post_id, p.text, p.created_at, p.unscored_reason, count(s.post_pk) "
-                             "FROM posts p LEFT JOIN sentiments s ON s.post_pk = p.id GROUP BY p.id"))}
+                             "FROM posts p LEFT JOIN sentiments s ON s.post_pk = p.id GROUP BY p.id, p.created_at"))}
                     dead = {(r[0], r[1]): (r[2], r[3], bytes(r[4]) if r[4] is not None else None)
                             for r in conn.execute(text("SELECT source_partition, source_offset, reason, key, payload "
                                                        "FROM dead_letters WHERE source_topic = 'posts.raw'"))}

@@ -211,7 +211,7 @@ def test_worker_scores_english_and_stores_french_unscored_with_the_reason(
         with engine.connect() as conn:
             return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(text(
                 "SELECT p.post_id, p.lang, p.unscored_reason, count(s.id) FROM posts p "
-                "LEFT JOIN sentiments s ON s.post_pk = p.id GROUP BY p.id"))}
+                "LEFT JOIN sentiments s ON s.post_pk = p.id GROUP BY p.id, p.created_at"))}
 
     try:
         wait_for(lambda: len(rows()) == 4 and sum(n for _, _, n in rows().values()) == 2, 300,
