@@ -236,7 +236,6 @@ def test_int8_on_onnx_runtime_is_quantised_and_close_to_fp32(scorers: dict[str, 
     int8 = Scorer.from_checkpoint(device="cpu", text_int8=True, encoder_runtime="onnx")
     assert int8.encoder_runtimes["text"] == "onnx int8"
     graph, fp32_graph = int8.text_encoder.onnx[6].path, scorers["onnx"].text_encoder.onnx[6].path
-    # the MatMul weights are int8 (the word embeddings, half of the file, stay fp32)
     assert cached_file_is_whole(graph) and graph.stat().st_size < 0.7 * fp32_graph.stat().st_size
     texts = [t.raw_text for t in fixture_tweets()]
     a = scorers["onnx"].score([ScoreInput(t) for t in texts])
