@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     image_cache_entries: int = 4096  # picture features kept in memory, keyed by the picture's sha256, so reposted pictures skip the image encoder (about 5 KB each), backed by PostgreSQL's picture_features shared by workers; 0 = off (both)
     encoder_runtime: Literal["auto", "torch", "onnx"] = "auto"  # what runs the frozen text and picture encoders: auto = ONNX Runtime on a CPU (fp32, faster there: bench/RESULTS.md), torch on a GPU (model/onnx_encoders.py)
-    text_int8: bool = False  # CPU only: int8 dynamic quantisation of the text encoder; faster, but it cost 3 points of TweetEval macro recall (bench/RESULTS.md, bench/quantization.py)
+    text_int8: bool = False  # CPU only: int8 text encoder, faster; on ONNX Runtime (encoder_runtime auto/onnx) its per-channel dynamic int8, -0.43 point of TweetEval macro recall; on torch its per-tensor dynamic int8, -3.2 points (bench/RESULTS.md)
     torch_threads: int = 0  # 0 = torch's default; 1 wins when cores are shared (bench/RESULTS.md)
     batch_size: int = 64
     batch_latency_ms: int = 200  # longest a batch keeps gathering posts already fetched once its first post is there; it stops sooner at the first moment nothing more is waiting (stream/micro_batch.py)
