@@ -7,7 +7,6 @@ PostgreSQL, tested in tests/stream/test_picture_cache.py).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from model.image_cache import ImageFeatureCache, usable_vector
 from model.scorer import ScoreInput, Scorer
-from tests.fixtures.mini_data import draw_picture
+from tests.fixtures.mini_data import picture_jpeg
 
 
 class DictLevel:
@@ -37,12 +36,6 @@ class DictLevel:
             self.vectors.setdefault((encoder, key), vector)
 
 
-def jpeg(label: str, seed: int) -> bytes:
-    out = io.BytesIO()
-    draw_picture(label, seed).save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def scorer() -> Scorer:
     loaded = Scorer.from_checkpoint(device="cpu")
@@ -54,7 +47,7 @@ def scorer() -> Scorer:
 def test_one_lookup_per_batch_for_the_memory_misses_and_the_vectors_written_back(scorer: Scorer) -> None:
     level = DictLevel()
     scorer.image_cache, scorer.shared_features = ImageFeatureCache(4096), level
-    a, b = jpeg("positive", 51), jpeg("negative", 52)
+    a, b = picture_jpeg("positive", 51), picture_jpeg("negative", 52)
     try:
         scorer.score([ScoreInput("a", [a]), ScoreInput("b", [b]), ScoreInput("a again", [a])])
         assert len(level.lookups) == 1 and len(level.lookups[0]) == 2, "one lookup, each picture once"
@@ -79,7 +72,7 @@ HOSTILE = st.one_of(
 def test_a_hostile_vector_from_the_shared_level_is_never_scored(scorer: Scorer, stored: Any) -> None:
     if scorer.config.visual_dim != 1280:
         pytest.skip("the strategies assume EfficientNet-Lite0's 1280 values")
-    picture = jpeg("positive", 53)
+    picture = picture_jpeg("positive", 53)
     scorer.image_cache, scorer.shared_features = ImageFeatureCache(0), None
     reference = scorer.score([ScoreInput("look", [picture])])[0]
     level = DictLevel()

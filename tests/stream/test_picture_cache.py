@@ -8,7 +8,6 @@ once; vectors of one encoder are never handed to another.
 
 from __future__ import annotations
 
-import io
 import logging
 import socket
 from collections.abc import Iterator
@@ -26,15 +25,10 @@ from model.scorer import ScoreInput, Scorer
 from stream import metrics
 from stream.migrate import make_engine, upgrade
 from stream.picture_cache import PostgresPictureFeatures, attach, decode_feature, encode_feature
-from tests.fixtures.mini_data import draw_picture
+from tests.fixtures.mini_data import picture_jpeg
 
+SMALL = (160, 120)  # pictures as small as a thumbnail: quick to serve and to encode
 DIM = 8  # the store does not care about the encoder's width; the scorer tests use the real one
-
-
-def jpeg(label: str, seed: int) -> bytes:
-    out = io.BytesIO()
-    draw_picture(label, seed).resize((160, 120)).save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,6 @@ def engine(migrated_db: str) -> Iterator[Engine]:
     yield engine
     engine.dispose()
 
-
 def encoded_by(scorer: Scorer, posts: list[ScoreInput]) -> tuple[list, int]:
     before = scorer.pictures_encoded
     results = scorer.score(posts)
@@ -80,7 +73,7 @@ def same_scores(a: list, b: list) -> bool:
 
 
 def test_a_restarted_worker_encodes_nothing_that_was_encoded_before(restarted: Scorer, engine: Engine) -> None:
-    a, b, c = jpeg("positive", 11), jpeg("negative", 12), jpeg("neutral", 13)
+    a, b, c = (picture_jpeg(label, seed, SMALL) for label, seed in (("positive", 11), ("negative", 12), ("neutral", 13)))
     batch = [ScoreInput("sunny", [a]), ScoreInput("gloomy", [b]), ScoreInput("sunny again", [a]),
              ScoreInput("no picture"), ScoreInput("grey", [c])]
     attach(restarted, engine, shared=True)
@@ -109,7 +102,7 @@ def test_a_restarted_worker_encodes_nothing_that_was_encoded_before(restarted: S
 
 def test_a_corrupt_stored_vector_is_never_scored_but_encoded_again_and_repaired(restarted: Scorer,
                                                                                engine: Engine) -> None:
-    picture = jpeg("positive", 21)
+    picture = picture_jpeg("positive", 21, SMALL)
     store = attach(restarted, engine, shared=True)
     cold, _ = encoded_by(restarted, [ScoreInput("look", [picture])])
     (good,) = rows(engine)
@@ -138,7 +131,8 @@ def test_a_cache_that_fails_costs_encoder_time_not_the_batch_and_is_logged_once(
         restarted: Scorer, fresh_db: str, broken: str, caplog: pytest.LogCaptureFixture) -> None:
     url = fresh_db if broken == "no table" else f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/none"
     engine = make_engine(url)
-    batch = [ScoreInput("one", [jpeg("positive", 31)]), ScoreInput("two", [jpeg("negative", 32)])]
+    batch = [ScoreInput("one", [picture_jpeg("positive", 31, SMALL)]),
+             ScoreInput("two", [picture_jpeg("negative", 32, SMALL)])]
     reference = restarted.score(batch)  # no shared level yet
     restarted.image_cache = ImageFeatureCache(4096)
     store = attach(restarted, engine, shared=True)

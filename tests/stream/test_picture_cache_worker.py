@@ -7,7 +7,6 @@ Real broker, real PostgreSQL (both back ends), real media over HTTP, the shipped
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Iterator
@@ -21,24 +20,19 @@ from connectors.post import MediaRef, Post
 from connectors.publisher import KafkaPublisher
 from connectors.replay import replay_posts
 from model.checkpoint import DEFAULT_CHECKPOINT
-from tests.fixtures.mini_data import draw_picture
+from tests.fixtures.mini_data import picture_jpeg
 from tests.stream.conftest import make_posts, scalar, wait_for
 from tests.stream.local_http import LocalServer, send
 
 pytestmark = pytest.mark.slow
 
+SMALL = (160, 120)  # pictures as small as a thumbnail: quick to serve and to encode
 NAMES = ("sun", "rain", "fog")
-
-
-def jpeg(label: str, seed: int) -> bytes:
-    out = io.BytesIO()
-    draw_picture(label, seed).resize((160, 120)).save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 @pytest.fixture
 def pictures() -> Iterator[LocalServer]:
-    bodies = {name: jpeg(label, 40 + i) for i, (name, label) in enumerate(zip(NAMES, ("positive", "negative",
+    bodies = {name: picture_jpeg(label, 40 + i, SMALL) for i, (name, label) in enumerate(zip(NAMES, ("positive", "negative",
                                                                                       "neutral"), strict=True))}
     def serve(body: bytes):
         return lambda handler, n: send(handler, 200, body, "image/jpeg")
