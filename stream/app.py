@@ -31,6 +31,7 @@ from connectors.broker import BrokerTarget, ensure_topics, faust_broker_settings
 from stream import db_deadline, metrics
 from stream.batch_yield import batch_must_yield, release_unacked
 from stream.broker_epochs import BrokerEpochWatch, kafka_cluster_id
+from stream.fetch_wait import bound_fetch_wait
 from stream.metrics import HealthState, PeriodicSummary
 from stream.micro_batch import adaptive_take
 from stream.overload import OverloadController
@@ -65,6 +66,7 @@ ProcessorFactory = Any  # Callable[[faust.App, WorkerState], Awaitable[BatchProc
 def create_app(settings: Settings, broker: BrokerTarget, processor_factory: ProcessorFactory,
                state: WorkerState | None = None) -> faust.App:
     """Build the Faust app for one worker process; ``processor_factory`` wires the pipeline parts."""
+    bound_fetch_wait()  # Faust's 1.5 s fetch wait is a 1.5 s delay on Tansu: see stream/fetch_wait.py
     app = faust.App(
         settings.consumer_group,
         **faust_broker_settings(broker),
