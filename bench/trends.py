@@ -137,6 +137,18 @@ def queries(engine: Engine, topic: str, now: datetime) -> dict[str, Callable[[],
     }
 
 
+def timed_queries(engine: Engine, topic: str, now: datetime, when: str, repeats: int,
+                  target_ms: float) -> list[list[str]]:
+    """The topic's queries timed again after a retention run, as table rows named '<query>, <when>'."""
+    rows = []
+    for name, work in queries(engine, topic, now).items():
+        timings = time_repeats(work, items=1, repeats=repeats)
+        rows.append([f"{name}, {when}", topic, f"{1000 * timings.seconds[0]:.1f}",
+                     f"{1000 * timings.median:.1f}", f"{1000 * timings.best:.1f}",
+                     "yes" if 1000 * timings.median < target_ms else "**no**"])
+    return rows
+
+
 def time_retention(engine: Engine, raw_days: int, now: datetime, topic: str, repeats: int,
                    target_ms: float) -> list[list[str]]:
     """One retention run (raw payloads only) and the biggest topic's queries after it, as table rows."""
@@ -153,12 +165,7 @@ def time_retention(engine: Engine, raw_days: int, now: datetime, topic: str, rep
             f"{1000 * seconds:,.0f}", "", "", f"{report.raw_dropped / seconds:,.0f} rows/s"],
            ["maintenance retention again (nothing left to drop)", f"{again.raw_dropped:,} payloads dropped",
             f"{1000 * again_s:,.0f}", "", "", ""]]
-    for name, work in queries(engine, topic, now).items():
-        timings = time_repeats(work, items=1, repeats=repeats)
-        out.append([f"{name}, after retention", topic, f"{1000 * timings.seconds[0]:.1f}",
-                    f"{1000 * timings.median:.1f}", f"{1000 * timings.best:.1f}",
-                    "yes" if 1000 * timings.median < target_ms else "**no**"])
-    return out
+    return out + timed_queries(engine, topic, now, "after retention", repeats, target_ms)
 
 
 def time_posts_retention(engine: Engine, posts_days: int, now: datetime, topic: str, repeats: int,
@@ -173,12 +180,7 @@ def time_posts_retention(engine: Engine, posts_days: int, now: datetime, topic: 
     out = [[f"maintenance retention, posts older than {posts_days} d",
             f"{report.posts_deleted:,} posts deleted ({months})", f"{1000 * seconds:,.0f}", "", "",
             f"{report.posts_deleted / seconds:,.0f} posts/s"]]
-    for name, work in queries(engine, topic, now).items():
-        timings = time_repeats(work, items=1, repeats=repeats)
-        out.append([f"{name}, after posts retention", topic, f"{1000 * timings.seconds[0]:.1f}",
-                    f"{1000 * timings.median:.1f}", f"{1000 * timings.best:.1f}",
-                    "yes" if 1000 * timings.median < target_ms else "**no**"])
-    return out
+    return out + timed_queries(engine, topic, now, "after posts retention", repeats, target_ms)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

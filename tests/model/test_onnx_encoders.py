@@ -21,6 +21,7 @@ from model.image_cache import ImageFeatureCache
 from model.onnx_encoders import cached_file_is_whole, choose_runtime, file_sha256
 from model.scorer import ScoreInput, Scorer
 from tests.fixtures.mini_data import draw_picture, fixture_tweets, mini_data_dir
+from tests.model.verdict_agreement import agreement_and_drift
 
 torch.set_num_threads(2)
 
@@ -240,9 +241,7 @@ def test_int8_on_onnx_runtime_is_quantised_and_close_to_fp32(scorers: dict[str, 
     texts = [t.raw_text for t in fixture_tweets()]
     a = scorers["onnx"].score([ScoreInput(t) for t in texts])
     b = int8.score([ScoreInput(t) for t in texts])
-    agree = sum(x.label == y.label for x, y in zip(a, b, strict=True)) / len(texts)
-    drift = max(abs(x.probabilities[k] - y.probabilities[k]) for x, y in zip(a, b, strict=True)
-                for k in x.probabilities)
+    agree, drift = agreement_and_drift(a, b)
     assert agree >= 0.9, f"int8 agrees with fp32 on only {agree:.0%} of {len(texts)} tweets"
     assert 0 < drift < 0.5  # quantised (not identical), not broken
 

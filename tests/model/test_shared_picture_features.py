@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from model.image_cache import ImageFeatureCache, usable_vector
 from model.scorer import ScoreInput, Scorer
 from tests.fixtures.mini_data import picture_jpeg
+from tests.fixtures.scorers import shipped_scorer_with_pictures
 
 
 class DictLevel:
@@ -38,10 +39,7 @@ class DictLevel:
 
 @pytest.fixture(scope="module")
 def scorer() -> Scorer:
-    loaded = Scorer.from_checkpoint(device="cpu")
-    if loaded.image_encoder is None:
-        pytest.skip("the shipped checkpoint has no visual branch")
-    return loaded
+    return shipped_scorer_with_pictures()
 
 
 def test_one_lookup_per_batch_for_the_memory_misses_and_the_vectors_written_back(scorer: Scorer) -> None:

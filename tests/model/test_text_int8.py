@@ -7,6 +7,7 @@ import torch
 
 from model.scorer import ScoreInput, Scorer
 from tests.fixtures.mini_data import fixture_tweets
+from tests.model.verdict_agreement import agreement_and_drift
 
 torch.set_num_threads(2)
 
@@ -20,8 +21,6 @@ def test_int8_text_encoder_is_quantised_and_agrees_with_fp32_on_most_tweets() ->
     assert any("quantized" in k for k in kinds), kinds
     a = fp32.score([ScoreInput(t) for t in texts])
     b = int8.score([ScoreInput(t) for t in texts])
-    agree = sum(x.label == y.label for x, y in zip(a, b, strict=True)) / len(texts)
-    drift = max(abs(x.probabilities[k] - y.probabilities[k]) for x, y in zip(a, b, strict=True)
-                for k in x.probabilities)
+    agree, drift = agreement_and_drift(a, b)
     assert agree >= 0.85, f"int8 agrees with fp32 on only {agree:.0%} of {len(texts)} tweets"
     assert 0 < drift < 0.5  # quantised (not identical), not broken

@@ -26,6 +26,7 @@ from stream import metrics
 from stream.migrate import make_engine, upgrade
 from stream.picture_cache import PostgresPictureFeatures, attach, decode_feature, encode_feature
 from tests.fixtures.mini_data import picture_jpeg
+from tests.fixtures.scorers import shipped_scorer_with_pictures
 
 SMALL = (160, 120)  # pictures as small as a thumbnail: quick to serve and to encode
 DIM = 8  # the store does not care about the encoder's width; the scorer tests use the real one
@@ -33,10 +34,7 @@ DIM = 8  # the store does not care about the encoder's width; the scorer tests u
 
 @pytest.fixture(scope="module")
 def scorer() -> Scorer:
-    loaded = Scorer.from_checkpoint(device="cpu")
-    if loaded.image_encoder is None:
-        pytest.skip("the shipped checkpoint has no visual branch")
-    return loaded
+    return shipped_scorer_with_pictures()
 
 
 @pytest.fixture
