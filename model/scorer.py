@@ -3,7 +3,8 @@
 This is the one object the stream worker calls.  Scoring is split in two steps so the worker can
 overlap them: ``prepare`` (tokenisation, picture decoding and transforms, log-mel: pure CPU work
 with no model state, safe to run in a worker thread) and ``score_prepared`` (encoders + network
-under ``torch.inference_mode``, bf16 autocast on CUDA).  ``score`` does both.
+under ``torch.inference_mode`` and the scorer's ``precision``: autocast to bf16 or fp16, by default bf16
+on a CUDA device that has it, fp16 on other CUDA devices, fp32 on a CPU).  ``score`` does both.
 
 Robustness is part of the contract: an empty batch gives ``[]``; one bad post never fails the
 batch: an unreadable picture is dropped (the post is scored text-only and the result says so in its
@@ -37,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 40_000_000
 """Pictures above this many pixels are refused before decoding (decompression bombs)."""
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""What the torch encoders and the network compute in (``torch.autocast``); see ``resolve_precision``."""
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -129,13 +134,14 @@ class Scorer:
 
     def __init__(self, net: SentimentNet, config: ModelConfig, model_version: str, text_encoder: Any,
                  image_encoder: Any | None, device: torch.device, max_images: int = 1,
-                 encoder_batch_size: int = 32, image_cache_entries: int = 4096) -> None:
+                 encoder_batch_size: int = 32, image_cache_entries: int = 4096, precision: str = "auto") -> None:
         self.net = net.to(device).eval()
         self.config = config
         self.model_version = model_version
         self.text_encoder = text_encoder.to(device).eval() if text_encoder is not None else None
         self.image_encoder = image_encoder.to(device).eval() if image_encoder is not None else None
         self.device = device
+        self.precision = resolve_precision(precision, device, encoder_runtimes(self.text_encoder, self.image_encoder))
         self.max_images = max_images
         self.encoder_batch_size = encoder_batch_size
         # Hugging Face fast tokenizers raise "Already borrowed" when one instance is used from two
@@ -162,7 +168,8 @@ class Scorer:
     @classmethod
     def from_checkpoint(cls, path: Path | str | None = None, device: str = "auto", max_images: int = 1,
                         text_encoder: Any = None, image_encoder: Any = None, text_int8: bool = False,
-                        image_cache_entries: int = 4096, encoder_runtime: str = "auto") -> Scorer:
+                        image_cache_entries: int = 4096, encoder_runtime: str = "auto",
+                        precision: str = "auto") -> Scorer:
         """Load a checkpoint (None: the packaged default) and the encoders it was trained on.
 
         ``max_images``: pictures used per post.  The shipped checkpoint learned from single
@@ -172,6 +179,7 @@ class Scorer:
         ``encoder_runtime``: "torch", "onnx" (ONNX Runtime, fp32, CPU only) or "auto" (ONNX Runtime on a
         CPU, torch on a GPU) for the encoders it builds (``model.onnx_encoders``); an encoder passed in
         runs as it is.  ``text_int8`` on ONNX Runtime is its per-channel dynamic int8, not torch's.
+        ``precision``: "auto", "fp32", "bf16" or "fp16" (``resolve_precision``).
         """
         from model.encoders import ImageEncoder, TextEncoder
         from model.onnx_encoders import choose_runtime
@@ -201,10 +209,11 @@ class Scorer:
             image_encoder = ImageEncoder(config.visual_encoder).optimize_for_inference()
             if runtime == "onnx":
                 image_encoder.use_onnx()
-        logger.info("scorer: %s on %s (encoders: %s)", meta["model_version"], resolved,
-                    ", ".join(f"{k} {v}" for k, v in encoder_runtimes(text_encoder, image_encoder).items()) or "none")
-        return cls(net, config, str(meta["model_version"]), text_encoder, image_encoder, resolved, max_images,
-                   image_cache_entries=image_cache_entries)
+        scorer = cls(net, config, str(meta["model_version"]), text_encoder, image_encoder, resolved, max_images,
+                     image_cache_entries=image_cache_entries, precision=precision)
+        logger.info("scorer: %s on %s (encoders: %s; precision %s)", meta["model_version"], resolved,
+                    ", ".join(f"{k} {v}" for k, v in scorer.encoder_runtimes.items()) or "none", scorer.precision)
+        return scorer
 
     # ------------------------------------------------------------------ step 1: CPU preparation
     def prepare(self, posts: list[ScoreInput]) -> PreparedBatch:
@@ -277,7 +286,9 @@ class Scorer:
         from model.encoders import IMAGE_SIZE, RESIZE_SIZE
 
         name = getattr(self.image_encoder, "name", self.config.visual_encoder)
-        return f"{name}:resize{RESIZE_SIZE}:crop{IMAGE_SIZE}:draft{DRAFT_SIDE}:v{PICTURE_FEATURE_VERSION}"
+        space = f"{name}:resize{RESIZE_SIZE}:crop{IMAGE_SIZE}:draft{DRAFT_SIDE}:v{PICTURE_FEATURE_VERSION}"
+        # A bf16/fp16 vector is close to the fp32 one, not equal: fp32 workers never read it (nor it theirs).
+        return space if self.precision == "fp32" else f"{space}:{self.precision}"
 
     def _known_vectors(self, posts: list[ScoreInput], key_of: Callable[[Any], str | None]) -> dict[str, Tensor]:
         """Vectors of the batch's pictures that the memory cache holds, then those the shared level holds
@@ -378,8 +389,7 @@ class Scorer:
         if prepared.size == 0:
             return []
         size = prepared.size
-        use_autocast = self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+        with torch.inference_mode(), self.autocast():
             present = torch.zeros(size, len(MODALITIES), dtype=torch.bool, device=self.device)
             batch: dict[str, Tensor] = {}
             if self.text_encoder is not None:
@@ -451,6 +461,12 @@ class Scorer:
                 logger.warning("shared picture features: write failed (%s: %s)", type(error).__name__, error)
         return vectors
 
+    def autocast(self) -> torch.autocast:
+        """The autocast context of ``precision`` on this device (disabled for fp32).  Outputs handed to
+        callers are fp32 either way: probabilities are a softmax of fp32 logits."""
+        dtype = AUTOCAST_DTYPES.get(self.precision, torch.float32)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
+
     @property
     def encoder_runtimes(self) -> dict[str, str]:
         """What runs each encoder: {"text": "onnx" | "onnx int8" | "torch" | "torch int8", "visual": ...}."""
@@ -475,7 +491,7 @@ class Scorer:
         if not texts or self.text_encoder is None or "text" not in self.config.modalities:
             return [[] for _ in texts]
         prepared = self.prepare([ScoreInput(t) for t in texts])
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.inference_mode(), self.autocast():
             text, text_mask = self._encode_texts(prepared)
             text_mask = text_mask & prepared.text_present.to(self.device).unsqueeze(1)
             present = torch.zeros(len(texts), len(MODALITIES), dtype=torch.bool, device=self.device)
@@ -507,6 +523,30 @@ def encoder_runtimes(text_encoder: Any, image_encoder: Any) -> dict[str, str]:
     if image_encoder is not None:
         out["visual"] = "onnx" if getattr(image_encoder, "onnx", None) is not None else "torch"
     return out
+
+
+def resolve_precision(requested: str, device: torch.device, runtimes: Mapping[str, str]) -> str:
+    """"fp32", "bf16" or "fp16": what ``requested`` means for a scorer on ``device`` whose encoders run on
+    ``runtimes`` (``encoder_runtimes``).
+
+    "auto" is bf16 on a CUDA device that supports it (Ampere and later), fp16 on other CUDA devices, fp32 on
+    a CPU (bf16 autocast runs there, but only CPUs with AMX or AVX512-BF16 gain from it).  A bf16 or fp16
+    request is honoured on any device, except that ONNX Runtime encoders run fp32 only: a scorer with one is
+    fp32 throughout, and says so in a warning, rather than refusing to start, because ONNX Runtime is the
+    default on a CPU and one ``SENTISTREAM_PRECISION`` may be set for a fleet of GPU and CPU workers.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {requested!r}")
+    onnx = sorted(name for name, runtime in runtimes.items() if runtime.startswith("onnx"))
+    if requested == "auto":
+        if device.type != "cuda" or onnx:
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested != "fp32" and onnx:
+        logger.warning("precision %s ignored: the %s encoder runs on ONNX Runtime, which runs fp32 only; scoring "
+                       "in fp32 (encoder runtime torch for %s)", requested, " and ".join(onnx), requested)
+        return "fp32"
+    return requested
 
 
 def _memo_picture_key() -> Callable[[Any], str | None]:

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     image_cache_entries: int = 4096  # picture features kept in memory, keyed by the picture's sha256, so reposted pictures skip the image encoder (about 5 KB each), backed by PostgreSQL's picture_features shared by workers; 0 = off (both)
     encoder_runtime: Literal["auto", "torch", "onnx"] = "auto"  # what runs the frozen text and picture encoders: auto = ONNX Runtime on a CPU (fp32, faster there: bench/RESULTS.md), torch on a GPU (model/onnx_encoders.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # what the torch encoders and the network compute in (autocast): auto = bf16 on a CUDA device that has it, fp16 on other CUDA devices, fp32 on a CPU; ONNX Runtime encoders are fp32 only, so with them it is fp32 whatever is asked (one warning; model/scorer.py resolve_precision)
     text_int8: bool = False  # CPU only: int8 text encoder, faster; on ONNX Runtime (encoder_runtime auto/onnx) its per-channel dynamic int8, -0.43 point of TweetEval macro recall; on torch its per-tensor dynamic int8, -3.2 points (bench/RESULTS.md)
     torch_threads: int = 0  # 0 = torch's default; 1 wins when cores are shared (bench/RESULTS.md)
     batch_size: int = 64

@@ -53,12 +53,13 @@ def load_scorer(settings: Settings) -> Any | None:
         raise CheckpointError(path, "no such file")  # asked for, so never fall back to storing unscored
     try:
         scorer = Scorer.from_checkpoint(path, device=settings.device, text_int8=settings.text_int8,
-                                        encoder_runtime=settings.encoder_runtime,
+                                        encoder_runtime=settings.encoder_runtime, precision=settings.precision,
                                         image_cache_entries=settings.image_cache_entries)
     except FileNotFoundError as exc:
         log.warning("no model checkpoint (%s): posts will be stored without sentiment", exc)
         return None
-    log.info("scoring with model %s on %s", scorer.model_version, getattr(scorer, "device", "?"))
+    log.info("scoring with model %s on %s in %s", scorer.model_version, getattr(scorer, "device", "?"),
+             getattr(scorer, "precision", "?"))
     return scorer
 
 
