@@ -469,7 +469,8 @@ def fit(config: ModelConfig, train_ds: Dataset, val_ds: Dataset | dict[str, Data
     if args.log_dir:
         from torch.utils.tensorboard import SummaryWriter
 
-        run_name = args.run_name or f"{config.fusion}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_name = (f"{args.run_name}-seed{args.seed}" if args.run_name
+                    else f"{config.fusion}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         writer = SummaryWriter(str(Path(args.log_dir) / run_name))
     history: list[dict[str, Any]] = []
     best_score, best_epoch, best_state, best_results = -1.0, -1, None, {}
@@ -596,6 +597,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--patience", type=int, default=5)
     add("--seed", type=int, default=0, help="first seed")
     add("--seeds", type=int, default=1, help="train this many seeds (seed, seed+1, ...); report mean +- std")
+    add("--seed-processes", type=int, default=1,
+        help="train the seeds in this many processes at once, --threads shared among them (at least one "
+             "torch thread each): on a CPU, small LSTM batches use one core far better than two")
     add("--device", default="auto")
     add("--threads", type=int, default=2)
     add("--cache-dir", type=Path, default=None)
@@ -744,6 +748,38 @@ def _write_metrics(out: Any, title: str, named: dict[str, dict[str, float]]) -> 
         out.write(f"    {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()) + "\n")
 
 
+def _fit_seed(args: argparse.Namespace) -> FitResult:
+    """One seed, in a spawned process: it loads the (memory-mapped) feature caches itself and trains
+    exactly as the serial loop would, with ``args.threads`` torch threads."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s seed {args.seed} %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    loaded = load_data(args)
+    weights = class_weights_for(dataset_labels(loaded.train), args.class_weights)
+    config = config_from_args(args, weights, loaded.text_dim, loaded.visual_dim)
+    return fit(config, loaded.train, loaded.select, args, report_ds=loaded.report)
+
+
+def _fit_seeds_in_processes(args: argparse.Namespace, seeds: list[int]) -> list[FitResult]:
+    """Train ``seeds`` in ``args.seed_processes`` spawned processes sharing ``args.threads``.
+
+    Spawned, not forked: a fork after torch has started its OpenMP pool can hang the child.  The
+    results come back in seed order, so the run reads and saves exactly as the serial loop's."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    processes = min(args.seed_processes, len(seeds))
+    per_process = []
+    for seed in seeds:
+        seed_args = copy.copy(args)
+        seed_args.seed = seed
+        seed_args.threads = max(1, args.threads // processes)
+        per_process.append(seed_args)
+    logger.info("training seeds %s in %d processes, %d torch thread(s) each", seeds, processes,
+                per_process[0].threads)
+    with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_fit_seed, per_process))
+
+
 def run(args: argparse.Namespace) -> int:
     """Train ``args.seeds`` seeds; print each seed's selection and reported figures and the reported
     mean ± std; save the seed with the best selection score, every seed's figures recorded in it."""
@@ -754,19 +790,22 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, weights, loaded.text_dim, loaded.visual_dim)
     logger.info("training on %d examples (selection: %s); class weights %s; config %s", len(train_ds),
                 {name: len(ds) for name, ds in loaded.select.items()}, weights, config)  # type: ignore[arg-type]
-    results: list[FitResult] = []
     first_seed = args.seed
+    seeds = list(range(first_seed, first_seed + args.seeds))
     out = sys.stdout
-    for seed in range(first_seed, first_seed + args.seeds):
-        args.seed = seed
-        result = fit(config, train_ds, loaded.select, args, report_ds=loaded.report)
-        results.append(result)
+    if args.seed_processes > 1 and len(seeds) > 1:
+        results = _fit_seeds_in_processes(args, seeds)
+    else:
+        results = []
+        for seed in seeds:
+            args.seed = seed
+            results.append(fit(config, train_ds, loaded.select, args, report_ds=loaded.report))
+        args.seed = first_seed
+    for seed, result in zip(seeds, results, strict=True):
         out.write(f"seed {seed}: best epoch {result.best_epoch}, selection score {result.best_score:.4f}, "
                   f"{result.seconds / 60:.1f} min\n")
         _write_metrics(out, "selection (chose the epoch)", result.val_metrics())
         _write_metrics(out, "reported (scored once)", result.report_metrics())
-    args.seed = first_seed
-    seeds = list(range(first_seed, first_seed + args.seeds))
     reported = {name: {k: [r.report_results[name].metrics[k] for r in results] for k in res.metrics}
                 for name, res in results[0].report_results.items()}
     if len(results) > 1:

@@ -147,6 +147,30 @@ def test_train_command_end_to_end(tmp_path, capsys, monkeypatch):
     assert result[0].model_version == meta["model_version"]
 
 
+def test_seeds_trained_in_parallel_processes_match_the_serial_run(tmp_path, capsys, monkeypatch):
+    """--seed-processes trains each seed in its own spawned process; with the same torch threads per
+    seed the figures are the serial loop's, seed for seed, and the checkpoint records them alike."""
+    monkeypatch.setenv("SENTISTREAM_DATA_DIR", str(mini_data_dir()))
+    from model import features
+
+    cache = tmp_path / "cache"
+    assert features.main(["build", "--all", "--limit", "24", "--cache-dir", str(cache), "--threads", "2"]) == 0
+    common = ["--cache-dir", str(cache), "--epochs", "2", "--seeds", "2", "--batch-size", "8", "--log-dir", "",
+              "--no-progress", "--text-hidden", "32", "--augment-views", "0"]
+    serial, parallel = tmp_path / "serial.pt", tmp_path / "parallel.pt"
+    assert training.main([*common, "--threads", "1", "--out", str(serial)]) == 0
+    assert training.main([*common, "--threads", "2", "--seed-processes", "2", "--out", str(parallel)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("seed 1: best epoch") == 2
+    extras = [checkpoint.load(path)[2]["extra"] for path in (serial, parallel)]
+    assert [entry["seed"] for entry in extras[1]["per_seed"]] == [0, 1]
+    for one, other in zip(extras[0]["per_seed"], extras[1]["per_seed"], strict=True):
+        assert one["best_epoch"] == other["best_epoch"]
+        assert one["selection_score"] == pytest.approx(other["selection_score"], abs=1e-6)
+        assert one["reported"]["tweeteval-val"] == pytest.approx(other["reported"]["tweeteval-val"], abs=1e-6)
+    assert extras[0]["chosen_seed"] == extras[1]["chosen_seed"]
+
+
 def test_model_cli_routes_train_with_its_own_options(capsys):
     from model import cli
 
