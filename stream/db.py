@@ -142,12 +142,18 @@ class SentimentRow(Base):
     post_pk: Mapped[int] = mapped_column(BigInteger)
     post_created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     model_version: Mapped[str] = mapped_column(Text)
-    label: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(Text, comment=(
+        "3-class verdict: negative, neutral or positive (the argmax of p_negative, p_neutral, p_positive)"))
     p_negative: Mapped[float] = mapped_column(Float)
     p_neutral: Mapped[float] = mapped_column(Float)
     p_positive: Mapped[float] = mapped_column(Float)
-    intensity: Mapped[float] = mapped_column(Float)
-    modality_weights: Mapped[dict[str, float] | None] = mapped_column(JSONB)
+    intensity: Mapped[float] = mapped_column(Float, comment=(
+        "signed strength of feeling on -3..+3; models trained with SemEval-2016 Task 4C learn it from five-point "
+        "labels -2..+2 times 1.5 (-2 -> -3, -1 -> -1.5, 0 -> 0, +1 -> +1.5, +2 -> +3); older models gave a "
+        "label-derived proxy (-1.5 / 0 / +1.5); see the model card of model_version"))
+    modality_weights: Mapped[dict[str, float] | None] = mapped_column(JSONB, comment=(
+        "share of the verdict each modality drove (text, visual, audio), from the model's fusion gate; uniform "
+        "over the present modalities for a model without a gate"))
     modalities: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -168,7 +174,9 @@ class WindowAggregateRow(Base):
     n_negative: Mapped[int] = mapped_column(Integer)
     n_neutral: Mapped[int] = mapped_column(Integer)
     n_positive: Mapped[int] = mapped_column(Integer)
-    mean_intensity: Mapped[float | None] = mapped_column(Float)
+    mean_intensity: Mapped[float | None] = mapped_column(Float, comment=(
+        "mean of sentiments.intensity (-3..+3) over the window's posts, each post counted once with its latest "
+        "sentiment of model_version"))
     negative_share: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

@@ -166,3 +166,20 @@ def test_upgrade_keeps_every_row_of_a_populated_database_and_downgrade_too(fresh
             conn.execute(text("INSERT INTO posts (platform, post_id, created_at, text, topic, ingested_at) "
                               "VALUES ('replay', 'p1', now(), 't', 'acme', now())"))
     engine.dispose()
+
+
+def test_sentiment_columns_say_their_scale_in_the_schema(fresh_db: str) -> None:
+    """0008: psql's \\d+ tells an analyst what intensity means (the five-point mapping) without the card;
+    downgrading to 0007 takes the comments away again."""
+    engine = make_engine(fresh_db)
+    upgrade(fresh_db)
+    columns = {c["name"]: c.get("comment") for c in inspect(engine).get_columns("sentiments")}
+    assert "-2..+2 times 1.5" in columns["intensity"] and "-3..+3" in columns["intensity"]
+    assert "gate" in columns["modality_weights"] and "negative, neutral or positive" in columns["label"]
+    means = {c["name"]: c.get("comment") for c in inspect(engine).get_columns("window_aggregates")}
+    assert "-3..+3" in means["mean_intensity"]
+    downgrade(fresh_db, "0007")
+    engine.dispose()
+    engine = make_engine(fresh_db)
+    assert {c["name"]: c.get("comment") for c in inspect(engine).get_columns("sentiments")}["intensity"] is None
+    engine.dispose()
