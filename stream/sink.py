@@ -17,10 +17,13 @@ post with different created_at at the same moment cannot split it: the later one
 ``fk_posts_id_post_keys`` and its batch is written again, onto the stored row.
 
 Small batches go in with multi-row ``INSERT ... ON CONFLICT`` through psycopg2's ``execute_values``;
-batches from ``COPY_MIN_ROWS`` posts up are streamed with COPY into session-local staging tables and
-moved with one ``INSERT ... SELECT ... ON CONFLICT`` per table (same upserts, same rows, far fewer bytes
-parsed; bench/sink.py measures both against per-row ``executemany``).  Keys repeated inside a batch are
-collapsed first, because PostgreSQL refuses to update one row twice in one statement.
+batches from ``COPY_MIN_ROWS`` posts up are streamed with COPY into session-local staging tables (created
+once per connection) and moved with ``INSERT ... SELECT ... ON CONFLICT``, the same upserts: one statement
+places the keys and then the posts (a data-modifying CTE), one round trip carries the media and the
+sentiments (same rows, far fewer bytes parsed and round trips; bench/sink.py measures both against per-row
+``executemany``).  Keys repeated inside a batch are collapsed first, because PostgreSQL refuses to update
+one row twice in one statement.  Both paths run their foreign-key checks with generic plans
+(``_GENERIC_PLANS``, for the transaction only).
 """
 
 from __future__ import annotations
@@ -186,10 +189,13 @@ ON CONFLICT (post_pk, model_version, post_created_at) DO UPDATE SET
 _SENTIMENTS_SQL = f"INSERT INTO sentiments ({_SENTIMENTS_COLUMNS}) VALUES %s{_SENTIMENTS_UPSERT}"
 _SENTIMENTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::text[], %s)"
 
-# The COPY path (``PostgresSink(bulk=...)``): rows are streamed into session-local staging tables with
-# COPY (no per-row parsing of SQL, no per-row round trip), then moved with one INSERT ... SELECT ... ON
-# CONFLICT per table, the same upserts as above.  ON COMMIT DELETE ROWS empties them at every commit, and a
-# rollback takes their rows too, so nothing leaks from one batch into the next.
+# The COPY path (``PostgresSink(bulk=...)``): rows are streamed with COPY into session-local staging tables
+# (no per-row parsing of SQL, no per-row round trip) and moved with the upserts above in two round trips:
+# one statement places the keys and then the posts (the data-modifying CTE ``k`` is the keys' RETURNING,
+# which the posts join and the sink reads back), and once media and sentiments are staged at those
+# places, one more carries both of their upserts.  The staging tables are created once per connection;
+# ON COMMIT DELETE ROWS empties them at every commit, and a rollback takes their rows too, so nothing
+# leaks from one batch into the next.
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_posts (
     platform text, post_id text, author text, created_at timestamptz, text text, lang text, url text,
@@ -205,19 +211,34 @@ CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_sentiments (
     scored_at timestamptz
 ) ON COMMIT DELETE ROWS;
 """
+_STAGED = "sentistream_staging_tables"  # key in a pooled connection's ``info``: its staging tables exist
 _POSTS_COPY = f"COPY sentistream_stage_posts ({_POSTS_COLUMNS}) FROM STDIN"
-_KEYS_FROM_STAGE = ("INSERT INTO post_keys (platform, post_id, created_at) "
-                    f"SELECT platform, post_id, created_at FROM sentistream_stage_posts{_KEYS_UPSERT}")
 _STAGE_POSTS_PLACED = ", ".join("k.created_at" if c == "created_at" else f"s.{c}" for c in _POSTS_COLUMNS.split(", "))
-_POSTS_FROM_STAGE = (f"INSERT INTO posts (id, {_POSTS_COLUMNS}) SELECT k.id, {_STAGE_POSTS_PLACED} "
-                     "FROM sentistream_stage_posts s JOIN post_keys k ON k.platform = s.platform AND k.post_id = s.post_id"
-                     f"{_POSTS_UPSERT}")
+_PLACE_FROM_STAGE = f"""
+WITH k AS (
+    INSERT INTO post_keys (platform, post_id, created_at) SELECT platform, post_id, created_at
+    FROM sentistream_stage_posts{_KEYS_UPSERT}
+), placed_posts AS (
+    INSERT INTO posts (id, {_POSTS_COLUMNS}) SELECT k.id, {_STAGE_POSTS_PLACED}
+    FROM sentistream_stage_posts s JOIN k ON k.platform = s.platform AND k.post_id = s.post_id{_POSTS_UPSERT}
+)
+SELECT id, platform, post_id, created_at FROM k
+"""
 _MEDIA_COPY = f"COPY sentistream_stage_media ({_MEDIA_COLUMNS}) FROM STDIN"
 _MEDIA_FROM_STAGE = (f"INSERT INTO post_media ({_MEDIA_COLUMNS}) SELECT {_MEDIA_COLUMNS} FROM sentistream_stage_media"
                      f"{_MEDIA_UPSERT}")
 _SENTIMENTS_COPY = f"COPY sentistream_stage_sentiments ({_SENTIMENTS_COLUMNS}) FROM STDIN"
 _SENTIMENTS_FROM_STAGE = (f"INSERT INTO sentiments ({_SENTIMENTS_COLUMNS}) SELECT {_SENTIMENTS_COLUMNS} "
                           f"FROM sentistream_stage_sentiments{_SENTIMENTS_UPSERT}")
+
+# Every post, media and sentiment row costs a foreign-key check against ``posts``, and ``posts`` is
+# partitioned: PostgreSQL's plan cache judges the check's generic plan (all partitions, pruned when it
+# runs) dearer than a custom one (one partition) and so plans the check again for every row, which was
+# more than half of a new sentiment row's cost.  The sink's transactions use generic plans; the setting
+# touches only cached plans (these checks; the sink's own statements are not prepared) and ends with the
+# transaction.  #14 goal 6, one staged INSERT ... SELECT of 1,000 new sentiment rows, server CPU from
+# /proc, loaded machine: 41 ms with the default plan cache, 17 ms with generic plans.
+_GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
 
 COPY_MIN_ROWS = 256
 """Batches of at least this many posts take the COPY path (``bulk="auto"``).  bench/sink.py, one run:
@@ -270,15 +291,18 @@ class PostgresSink:
         try:
             with raw.cursor() as cur:
                 if copy and records:
-                    cur.execute(_STAGING_DDL)
-                placed = self._write_posts(cur, records, copy)
+                    placed, n_media, n_sent = self._write_staged(cur, raw.info, records)
+                else:
+                    placed = self._write_posts(cur, records)
+                    n_media = self._write_media(cur, records, placed)
+                    n_sent = self._write_sentiments(cur, records, placed)
                 post_pks = {key: pk for key, (pk, _) in placed.items()}
-                n_media = self._write_media(cur, records, placed, copy)
-                n_sent = self._write_sentiments(cur, records, placed, copy)
                 new_dead = self._write_dead_letters(cur, dead_letters)
                 for hook in self.hooks:
                     hook(cur, records, post_pks)
             raw.commit()
+            if copy and records:
+                raw.info[_STAGED] = True  # created in a committed transaction: they stay for the session
         except BaseException:
             try:
                 raw.rollback()
@@ -291,18 +315,44 @@ class PostgresSink:
         return WriteResult(posts=len(records), sentiments=n_sent, media=n_media, dead_letters=len(dead_letters),
                            post_pks=post_pks, seconds=time.perf_counter() - started)
 
-    def _write_posts(self, cur: Any, records: Sequence[SinkRecord],
-                     copy: bool = False) -> dict[str, tuple[int, datetime]]:
+    def _write_staged(self, cur: Any, connection_info: dict[str, Any],
+                      records: Sequence[SinkRecord]) -> tuple[dict[str, tuple[int, datetime]], int, int]:
+        """The COPY path: stage and place the posts, then stage media and sentiments at those places and
+        upsert both; returns key -> (id, created_at), and the numbers of media and sentiment rows."""
+        posts = _copy_body([_post_row(r.post, None if r.sentiment is not None else r.unscored_reason)
+                            for r in records])
+        if not connection_info.get(_STAGED):
+            cur.execute(_STAGING_DDL)
+        cur.copy_expert(_POSTS_COPY, io.BytesIO(posts))
+        cur.execute(f"{_GENERIC_PLANS};{_PLACE_FROM_STAGE}")  # one round trip; the rows are the last result
+        placed = {f"{platform}:{post_id}": (pk, at) for pk, platform, post_id, at in cur.fetchall()}
+        media = {}
+        sentiments = []
+        scored_at = datetime.now(UTC).isoformat()  # one value for the batch, as the VALUES path binds
+        for r in records:
+            pk, at = place = placed[r.post.key]
+            for m in r.media:
+                media[(pk, m.url)] = (pk, at, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
+                                      m.width, m.height, m.error, m.fetched_at)
+            if r.sentiment is not None:
+                sentiments.append(_sentiment_row(r.sentiment, r.modalities, place, scored_at))
+        upserts = []
+        if media:
+            cur.copy_expert(_MEDIA_COPY, io.BytesIO(_copy_body(list(media.values()))))
+            upserts.append(_MEDIA_FROM_STAGE)
+        if sentiments:
+            cur.copy_expert(_SENTIMENTS_COPY, io.BytesIO(_copy_body(sentiments)))
+            upserts.append(_SENTIMENTS_FROM_STAGE)
+        if upserts:
+            cur.execute(";".join(upserts))  # one round trip, one statement each
+        return placed, len(media), len(sentiments)
+
+    def _write_posts(self, cur: Any, records: Sequence[SinkRecord]) -> dict[str, tuple[int, datetime]]:
         """Upsert the keys, then the posts where the keys place them; returns key -> (id, created_at)."""
         if not records:
             return {}
         rows = [_post_row(r.post, None if r.sentiment is not None else r.unscored_reason) for r in records]
-        if copy:
-            _copy_rows(cur, _POSTS_COPY, rows)
-            cur.execute(_KEYS_FROM_STAGE)
-            placed = {f"{platform}:{post_id}": (pk, at) for pk, platform, post_id, at in cur.fetchall()}
-            cur.execute(_POSTS_FROM_STAGE)
-            return placed
+        cur.execute(_GENERIC_PLANS)
         keys = execute_values(cur, _KEYS_SQL, [row[:2] + (row[3],) for row in rows], page_size=self.page_size,
                               fetch=True)
         placed = {f"{platform}:{post_id}": (pk, at) for pk, platform, post_id, at in keys}
@@ -313,37 +363,24 @@ class PostgresSink:
         execute_values(cur, _POSTS_SQL, posts, template=_POSTS_TEMPLATE, page_size=self.page_size)
         return placed
 
-    def _write_media(self, cur: Any, records: Sequence[SinkRecord], placed: dict[str, tuple[int, datetime]],
-                     copy: bool = False) -> int:
+    def _write_media(self, cur: Any, records: Sequence[SinkRecord],
+                     placed: dict[str, tuple[int, datetime]]) -> int:
         rows = {}
         for r in records:
             pk, at = placed[r.post.key]
             for m in r.media:
                 rows[(pk, m.url)] = (pk, at, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
                                      m.width, m.height, m.error, m.fetched_at)
-        if rows and copy:
-            _copy_rows(cur, _MEDIA_COPY, list(rows.values()))
-            cur.execute(_MEDIA_FROM_STAGE)
-        elif rows:
+        if rows:
             execute_values(cur, _MEDIA_SQL, list(rows.values()), page_size=self.page_size)
         return len(rows)
 
-    def _write_sentiments(self, cur: Any, records: Sequence[SinkRecord], placed: dict[str, tuple[int, datetime]],
-                          copy: bool = False) -> int:
+    def _write_sentiments(self, cur: Any, records: Sequence[SinkRecord],
+                          placed: dict[str, tuple[int, datetime]]) -> int:
         now = datetime.now(UTC)
-        rows = []
-        for r in records:
-            s = r.sentiment
-            if s is None:
-                continue
-            p = s.probabilities
-            rows.append((*placed[r.post.key], s.model_version, s.label, float(p.get("negative", 0.0)),
-                         float(p.get("neutral", 0.0)), float(p.get("positive", 0.0)), float(s.intensity),
-                         json.dumps(s.modality_weights or {}), list(r.modalities), now))
-        if rows and copy:
-            _copy_rows(cur, _SENTIMENTS_COPY, rows)
-            cur.execute(_SENTIMENTS_FROM_STAGE)
-        elif rows:
+        rows = [_sentiment_row(r.sentiment, r.modalities, placed[r.post.key], now)
+                for r in records if r.sentiment is not None]
+        if rows:
             execute_values(cur, _SENTIMENTS_SQL, rows, template=_SENTIMENTS_TEMPLATE, page_size=self.page_size)
         return len(rows)
 
@@ -355,18 +392,30 @@ class PostgresSink:
         return list(execute_values(cur, _DEAD_SQL, rows, page_size=self.page_size, fetch=True))
 
 
-def _copy_rows(cur: Any, copy_sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Stream ``rows`` (the tuples the VALUES path binds) into a staging table in COPY text format."""
-    body = "".join("\t".join(map(_copy_field, row)) + "\n" for row in rows)
-    cur.copy_expert(copy_sql, io.BytesIO(body.encode("utf-8")))
+# Placeholders while a batch is joined: a field's end, a row's end, NULL.  Escaping then runs once over
+# the whole body (a few str.replace calls, in C) rather than once per field, which was most of the COPY
+# path's time in Python.  A body whose text holds one of them itself (it would pass for structure: the
+# counts tell) is encoded field by field instead, by ``_copy_field``, the reference form.
+_FIELD_END, _ROW_END, _NULL = "\x00", "\x01", "\x02"
+
+
+def _copy_body(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """``rows`` (the tuples the VALUES path binds) in COPY text format, UTF-8: the bytes a COPY streams."""
+    body = "".join([_FIELD_END.join([v if v.__class__ is str else _copy_raw(v) for v in row]) + _ROW_END
+                    for row in rows])
+    fields = sum(map(len, rows))
+    nulls = sum(row.count(None) for row in rows)
+    if (body.count(_ROW_END) == len(rows) and body.count(_FIELD_END) == fields - len(rows)
+            and body.count(_NULL) == nulls):
+        body = (body.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+                .replace(_FIELD_END, "\t").replace(_ROW_END, "\n").replace(_NULL, "\\N"))
+    else:
+        body = "".join("\t".join(map(_copy_field, row)) + "\n" for row in rows)
+    return body.encode("utf-8")
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _NEEDS_ESCAPE = re.compile(r"[\\\n\r\t]")
-
-
-def _copy_text(value: str) -> str:
-    return value.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE.search(value) else value
 
 
 def _copy_float(value: float) -> str:
@@ -377,27 +426,34 @@ def _copy_float(value: float) -> str:
     return repr(value)
 
 
-def _copy_array(value: Sequence[Any]) -> str:
-    return _copy_text(_array_literal(value))
-
-
-# Exact types first (one dict lookup per value: this loop is the COPY path's main cost in Python).
-_COPY_FORMS: dict[type, Callable[[Any], str]] = {
-    str: _copy_text, type(None): lambda _: "\\N", float: _copy_float, int: str, bool: lambda v: "t" if v else "f",
-    datetime: datetime.isoformat, list: _copy_array, tuple: _copy_array,
+# A value's text before COPY escaping, as psycopg2 would bind it: a list is an array literal, floats keep
+# every digit (repr), datetimes are ISO 8601 with their offset.  Exact types first, one dict lookup.
+_RAW_FORMS: dict[type, Callable[[Any], str]] = {
+    str: str.__str__, float: _copy_float, int: str, bool: lambda v: "t" if v else "f",
+    datetime: datetime.isoformat, list: lambda v: _array_literal(v), tuple: lambda v: _array_literal(v),
 }
 
 
-def _copy_field(value: Any) -> str:
-    """One value in COPY text format, as psycopg2 would bind it: None is \\N, text is escaped, a list
-    is an array literal, floats keep every digit (repr), datetimes are ISO 8601 with their offset."""
-    form = _COPY_FORMS.get(type(value))
+def _copy_raw(value: Any) -> str:
+    """``value``'s text before COPY escaping; None is the ``_NULL`` placeholder."""
+    if value is None:
+        return _NULL
+    form = _RAW_FORMS.get(type(value))
     if form is not None:
         return form(value)
     for kind in (bool, str, float, int, datetime, list, tuple):  # subclasses (bool before int)
         if isinstance(value, kind):
-            return _COPY_FORMS[kind](value)
+            return _RAW_FORMS[kind](value)
     raise TypeError(f"no COPY form for {type(value).__name__}")
+
+
+def _copy_field(value: Any) -> str:
+    """One value in COPY text format: None is \\N, everything else its text with backslash, newline,
+    carriage return and tab escaped."""
+    if value is None:
+        return "\\N"
+    text = _copy_raw(value)
+    return text.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE.search(text) else text
 
 
 def _array_literal(items: Sequence[Any]) -> str:
@@ -416,6 +472,15 @@ def _post_row(post: Post, unscored_reason: str | None = None) -> tuple[Any, ...]
     return (post.platform, post.post_id, author, post.created_at, _clean(post.text), post.lang, post.url,
             post.topic, list(post.keywords), _jsonb(post.raw) if post.raw is not None else None,
             post.ingested_at, _clean(unscored_reason) if unscored_reason is not None else None)
+
+
+def _sentiment_row(s: SentimentLike, modalities: Sequence[str], post: tuple[Any, Any],
+                   scored_at: datetime | str) -> tuple[Any, ...]:
+    """A sentiments row after the post's two placing columns (id and created_at, or platform and post_id)."""
+    p = s.probabilities
+    return (*post, s.model_version, s.label, float(p.get("negative", 0.0)), float(p.get("neutral", 0.0)),
+            float(p.get("positive", 0.0)), float(s.intensity), json.dumps(s.modality_weights or {}),
+            list(modalities), scored_at)
 
 
 def _log_dead_letters(new_rows: Sequence[tuple[Any, ...]]) -> None:
@@ -441,10 +506,13 @@ def _dead_letter_row(dead: DeadLetter) -> tuple[Any, ...]:
             digest)
 
 
+_JSON_TEXT = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False) builds one per call
+
+
 def _jsonb(value: Any) -> str:
     # jsonb rejects the \u0000 escape that json.dumps writes for NUL characters: replace NUL in every
     # string and key first (a textual replace would also rewrite an escaped backslash followed by u0000).
-    return json.dumps(_without_nul(value), ensure_ascii=False)
+    return _JSON_TEXT.encode(_without_nul(value))
 
 
 def _without_nul(value: Any) -> Any:

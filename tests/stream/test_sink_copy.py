@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from connectors.post import Post
-from stream.sink import COPY_MIN_ROWS, MediaOutcome, PostgresSink, SinkRecord
+from stream.sink import COPY_MIN_ROWS, MediaOutcome, PostgresSink, SinkRecord, _copy_body, _copy_field
 
 
 @dataclass
@@ -30,13 +30,17 @@ class Verdict:
 # author, raw, unscored reason), the other columns get tabs, newlines, backslashes, quotes and braces.
 ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 NO_NUL = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
-TRICKY = st.sampled_from(["", "\\", "\\N", "\t", "\n", "\r\n", '"', "{a,b}", "NULL", "\\.", "é😂", "a\\\"b"])
+# \x01 and \x02 are also the COPY encoder's placeholders for a row's end and NULL (stream/sink.py).
+TRICKY = st.sampled_from(["", "\\", "\\N", "\t", "\n", "\r\n", '"', "{a,b}", "NULL", "\\.", "é😂", "a\\\"b",
+                          "\x01", "a\x02", "\x02\x01\t"])
 WORD = st.one_of(TRICKY, NO_NUL)
-JSON_VALUE = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | ANY_TEXT
+JSON_VALUE = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | ANY_TEXT
                           | st.floats(allow_nan=False, allow_infinity=False),
                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
                           max_leaves=8)
 PROBABILITY = st.floats(0, 1, allow_nan=False) | st.sampled_from([0.1 + 0.2, 1e-300, 5e-324])
+# double precision columns take NaN and infinities (jsonb does not: modality weights stay PROBABILITY)
+ANY_FLOAT = PROBABILITY | st.floats()
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -57,14 +61,43 @@ def records(draw: st.DrawFn) -> list[SinkRecord]:
                               fetched_at=draw(st.none() | st.just(START)))
                  for j in range(draw(st.integers(0, 2)))]
         scored = draw(st.booleans())
-        sentiment = Verdict(label=draw(WORD), intensity=draw(st.floats(-3, 3)),
-                            probabilities={"negative": draw(PROBABILITY), "neutral": draw(PROBABILITY),
-                                           "positive": draw(PROBABILITY)},
+        sentiment = Verdict(label=draw(WORD), intensity=draw(ANY_FLOAT),
+                            probabilities={"negative": draw(ANY_FLOAT), "neutral": draw(PROBABILITY),
+                                           "positive": draw(ANY_FLOAT)},
                             modality_weights={"text": draw(PROBABILITY)}) if scored else None
         out.append(SinkRecord(post=post, media=media, sentiment=sentiment,
                               modalities=tuple(draw(st.lists(WORD, min_size=1, max_size=2))),
                               unscored_reason=None if scored else draw(st.none() | ANY_TEXT)))
     return out
+
+
+# Any value a staged row holds, hostile ones included: the placeholders \x00-\x02, lone surrogates (which
+# UTF-8 refuses), huge ints, NaN and infinities, nested text arrays with NULLs.
+SURROGATE = st.sampled_from(["\ud800", "a\udfffb"])
+FIELD = st.one_of(st.none(), st.text(), TRICKY, SURROGATE, st.integers(), st.floats(), st.booleans(),
+                  st.datetimes(timezones=st.just(UTC)), st.lists(st.none() | st.text() | TRICKY, max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(FIELD, min_size=1, max_size=6).map(tuple), max_size=5))
+def test_copy_body_is_the_field_by_field_copy_text_of_any_rows(rows: list[tuple]) -> None:
+    """The batch encoder (escaping once over the whole body) gives exactly the bytes of the per-field
+    reference encoder, or fails as it does (a lone surrogate is not UTF-8)."""
+    try:
+        expected = "".join("\t".join(map(_copy_field, row)) + "\n" for row in rows).encode("utf-8")
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            _copy_body(rows)
+        return
+    assert _copy_body(rows) == expected
+
+
+def test_copy_body_escapes_text_and_writes_null_arrays_and_floats_as_postgresql_reads_them() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    row = ("a\\b\tc\nd\re", None, ["x\"y", None, "z\\"], float("nan"), float("-inf"), 0.1 + 0.2, 10**30, True, when, "")
+    assert _copy_body([row, ("\x01", "\x02")]) == (
+        b'a\\\\b\\tc\\nd\\re\t\\N\t{"x\\\\"y",NULL,"z\\\\\\\\"}\tNaN\t-Infinity\t0.30000000000000004\t'
+        b"1000000000000000000000000000000\tt\t2026-01-02T03:04:05.000006+00:00\t\n\x01\t\x02\n")
 
 
 def renamed(batch: list[SinkRecord], prefix: str) -> list[SinkRecord]:
@@ -151,5 +184,9 @@ def test_auto_takes_the_copy_path_from_the_threshold_and_a_failed_batch_leaves_n
                                        "AND relpersistence = 't'")).scalar()
             assert staged == 3
             assert conn.execute(text("SELECT count(*) FROM sentistream_stage_posts")).scalar() == 0
+            # the sink's generic plans for foreign-key checks ended with its transaction
+            assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "auto"
+        # the staging tables, created once per connection, take the next batches too
+        assert sink.write(good).posts == COPY_MIN_ROWS
     finally:
         engine.dispose()
