@@ -504,6 +504,64 @@ def bench_interleaved(args: argparse.Namespace, chosen, texts: list[str], entry:
     entry.section(section)
 
 
+def bench_precisions(args: argparse.Namespace, chosen, device: str, texts: list[str], entry: ResultEntry) -> None:
+    """#14 goal 7: the Scorer (torch encoders) in each of ``--compare-precisions`` on the same posts, text and
+    text+picture at batch 64, timed in turn for ``--repeats`` rounds; verdicts compared with the first."""
+    import torch
+
+    from model.image_cache import ImageFeatureCache
+    from model.scorer import ScoreInput, Scorer
+    from tests.model.verdict_agreement import agreement_and_drift
+
+    batch = 64
+    precisions = [p.strip() for p in args.compare_precisions.split(",") if p.strip()]
+    scorers = {p: Scorer.from_checkpoint(chosen.path, device=device, precision=p, encoder_runtime="torch")
+               for p in precisions}
+    photos = skimage_photos()
+    text_posts = [ScoreInput(t) for t in texts]
+    picture_posts = [ScoreInput(t, images=[photos[i % len(photos)]]) for i, t in enumerate(texts[:args.image_posts])]
+    systems = []
+    for precision, scorer in scorers.items():
+        scorer.image_cache = ImageFeatureCache(0)  # distinct pictures: every one through the encoder
+        systems.append(System(f"{precision}-text", f"Scorer text, {scorer.precision}",
+                              lambda s=scorer: [s.score(list(b)) for b in chunks(text_posts, batch)], len(text_posts)))
+        if scorer.image_encoder is not None and picture_posts:
+            systems.append(System(f"{precision}-pic", f"Scorer text+picture, {scorer.precision}",
+                                  lambda s=scorer: [s.score(list(b)) for b in chunks(picture_posts, batch)],
+                                  len(picture_posts)))
+    interleave(systems, args.repeats)
+    by = {s.key: s for s in systems}
+    reference = precisions[0]
+    lines, agreement_rows = [], []
+    for precision in precisions[1:]:
+        for kind, name in (("text", "text"), ("pic", "text+picture")):
+            if f"{precision}-{kind}" in by:
+                lines.append(f"- {name}, {scorers[precision].precision} vs {scorers[reference].precision}: "
+                             f"**{fmt_ratio(round_ratios(by[f'{precision}-{kind}'], by[f'{reference}-{kind}']))}**")
+        for posts, name in ((text_posts, "text"), (picture_posts, "text+picture")):
+            agree, drift = agreement_and_drift(scorers[reference].score(posts), scorers[precision].score(posts))
+            agreement_rows.append([f"{scorers[precision].precision} vs {scorers[reference].precision}", name,
+                                   len(posts), f"{agree:.1%}", f"{drift:.4f}"])
+    header = ["system", "posts", "posts/s median", "posts/s best", "ms/post median", "spread"]
+    table = [[s.label, s.items, fmt_rate(s.timings.rate_median), fmt_rate(s.timings.rate_best),
+              f"{s.timings.ms_per_item_median:.2f}", f"{s.timings.spread:.0%}"] for s in systems]
+    entry.fact("device", f"{device}" + (f", torch threads {torch.get_num_threads()}" if device == "cpu" else
+                                        f", {torch.cuda.get_device_name(device)}, cudnn.benchmark on"))
+    entry.fact("Scorer", "torch encoders, precisions " + ", ".join(f"{p} → {s.precision}" for p, s in scorers.items())
+               + "; feature cache off")
+    entry.fact("checkpoint", f"{chosen.description} ({scorer_version(chosen.path)})")
+    entry.fact("posts", f"{len(text_posts)} tweets per pass (batch {batch}); text+picture: the first "
+               f"{len(picture_posts)} of them, each with one skimage photo (512 px, decoded)")
+    entry.fact("order", f"{args.repeats} rounds after one untimed pass each; every round times each system once, in "
+               "turn; ratios are taken within a round and summarised by their median")
+    entry.section("Speed ratios (median of the per-round ratios; range over rounds):\n\n" + "\n".join(lines) + "\n\n"
+                  + markdown_table(header, table) + f"\nMedian and best of {args.repeats} interleaved rounds.\n\n"
+                  + f"Verdicts against {scorers[reference].precision} on the same posts (label agreement; largest "
+                  "change of any class probability):\n\n"
+                  + markdown_table(["precision", "posts", "n", "same label", "max probability change"],
+                                   agreement_rows))
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = script_parser("inference", __doc__)
     parser.add_argument("--posts", type=int, default=64,
@@ -524,6 +582,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the Scorer's autocast precision (SENTISTREAM_PRECISION); auto = bf16 on a GPU that "
                              "has it, fp16 on another GPU, fp32 on a CPU; ONNX Runtime encoders run fp32 only")
+    parser.add_argument("--compare-precisions", default="", metavar="LIST",
+                        help="only the #14 goal 7 comparison: the Scorer (torch encoders) in each precision of LIST "
+                             "(e.g. fp32,bf16,fp16; the first is the reference), text and text+picture at batch 64, "
+                             "timed in turn for --repeats rounds, with label agreement and probability drift")
     parser.add_argument("--encoder-runtime", choices=RUNTIMES, default="auto",
                         help="SENTISTREAM_ENCODER_RUNTIME of the Scorer (auto: ONNX Runtime on a CPU, torch on a GPU)")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
@@ -570,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
                             "roberta-base-shaped pipeline, pictures)", command_line("bench.inference", argv),
                             packages=("torch", "onnxruntime", "transformers", "tokenizers"))
         bench_interleaved(args, chosen, texts, entry)
+        sys.stdout.write(entry.write(args.results_file))
+        return 0
+    if args.compare_precisions:
+        entry = ResultEntry("bench/inference.py: #14 goal 7, the Scorer in each precision (interleaved)",
+                            command_line("bench.inference", argv), packages=("torch", "transformers", "tokenizers"))
+        bench_precisions(args, chosen, device, texts, entry)
         sys.stdout.write(entry.write(args.results_file))
         return 0
     bench = Bench(args.repeats, device)

@@ -21,7 +21,7 @@ def gpu_sh(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.C
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_parts_are_reported_until_all_arrived_then_unpacked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parts_are_kept_and_reported_until_all_arrived_then_unpacked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stage = tmp_path / "stage"
     (stage / "site" / "somepackage").mkdir(parents=True)
     (stage / "site" / "somepackage" / "__init__.py").write_bytes(os.urandom(3000))  # incompressible: 3 parts
@@ -40,6 +40,7 @@ def test_parts_are_reported_until_all_arrived_then_unpacked(tmp_path: Path, monk
     parts[1].write_bytes(held_back[:-1])  # cut short on the way
     assert gpu_sh("receive", env=env).returncode != 0
 
+    parts[0].unlink()  # a later call's copy of the working tree lacks the parts carried before: they were kept
     parts[1].write_bytes(held_back)
     done = gpu_sh("receive", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
