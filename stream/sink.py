@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -330,9 +329,10 @@ class PostgresSink:
         sentiments = []
         scored_at = datetime.now(UTC).isoformat()  # one value for the batch, as the VALUES path binds
         for r in records:
-            pk, at = place = placed[r.post.key]
+            pk, at = placed[r.post.key]
+            place = (pk, at.isoformat())  # formatted once for the post's media and sentiment
             for m in r.media:
-                media[(pk, m.url)] = (pk, at, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
+                media[(pk, m.url)] = (*place, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
                                       m.width, m.height, m.error, m.fetched_at)
             if r.sentiment is not None:
                 sentiments.append(_sentiment_row(r.sentiment, r.modalities, place, scored_at))
@@ -418,12 +418,12 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\
 _NEEDS_ESCAPE = re.compile(r"[\\\n\r\t]")
 
 
+_NOT_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def _copy_float(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return repr(value)
+    text = float.__repr__(value)  # every digit; a finite float's repr ends in one
+    return text if text[-1].isdigit() else _NOT_FINITE[text]
 
 
 # A value's text before COPY escaping, as psycopg2 would bind it: a list is an array literal, floats keep
