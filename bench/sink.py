@@ -120,10 +120,15 @@ def write_per_row(engine: Engine, records: Sequence[SinkRecord], commit_every: i
     raw = engine.raw_connection()
     try:
         with raw.cursor() as cur:
+            # The sink's foreign-key checks run with generic plans (stream/sink.py, _GENERIC_PLANS): so do
+            # these, for the whole session rather than per transaction (no extra statement per commit).
+            cur.execute(sink_module._GENERIC_PLANS.replace("SET LOCAL", "SET"))
             for i, record in enumerate(records, start=1):
                 _write_row(cur, record)
                 if i % commit_every == 0:
                     raw.commit()
+            raw.commit()
+            cur.execute("RESET plan_cache_mode")
         raw.commit()
     finally:
         raw.close()
