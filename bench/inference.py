@@ -533,13 +533,17 @@ def bench_precisions(args: argparse.Namespace, chosen, device: str, texts: list[
     by = {s.key: s for s in systems}
     reference = precisions[0]
     lines, agreement_rows = [], []
+    verdicts = {name: scorers[reference].score(posts)
+                for posts, name in ((text_posts, "text"), (picture_posts, "text+picture")) if posts}
     for precision in precisions[1:]:
         for kind, name in (("text", "text"), ("pic", "text+picture")):
             if f"{precision}-{kind}" in by:
                 lines.append(f"- {name}, {scorers[precision].precision} vs {scorers[reference].precision}: "
                              f"**{fmt_ratio(round_ratios(by[f'{precision}-{kind}'], by[f'{reference}-{kind}']))}**")
         for posts, name in ((text_posts, "text"), (picture_posts, "text+picture")):
-            agree, drift = agreement_and_drift(scorers[reference].score(posts), scorers[precision].score(posts))
+            if name not in verdicts:
+                continue
+            agree, drift = agreement_and_drift(verdicts[name], scorers[precision].score(posts))
             agreement_rows.append([f"{scorers[precision].precision} vs {scorers[reference].precision}", name,
                                    len(posts), f"{agree:.1%}", f"{drift:.4f}"])
     header = ["system", "posts", "posts/s median", "posts/s best", "ms/post median", "spread"]
