@@ -28,7 +28,8 @@ from model.vision import ImageBranch
 INTENSITY_RANGE = 3.0
 PROXY_INTENSITY = (-1.5, 0.0, 1.5)
 """Label-derived intensity targets (negative, neutral, positive): the middle of each half of the
--3..+3 scale.  A proxy, not a measurement: no training set here has intensity labels."""
+-3..+3 scale.  A proxy, not a measurement: used only where a run has no five-point data
+(``--intensity-data none``); SemEval-2016 4C's labels replace it otherwise."""
 
 _INPUT_KEYS = {"text": ("text", "text_mask"), "visual": ("visual", "visual_mask"), "audio": ("audio", "audio_mask")}
 

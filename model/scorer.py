@@ -59,8 +59,10 @@ class SentimentResult:
     """The model's verdict on one post.
 
     label: "negative" | "neutral" | "positive"; probabilities over those; intensity on -3..+3
-    (trained on a label-derived proxy, see the model card); modality_weights: how much each of
-    text/visual/audio counted (0 for a modality the post lacks); model_version: the checkpoint.
+    (a model trained with SemEval-2016 4C, as the shipped one is, learned it from five-point labels
+    x 1.5; older checkpoints gave a label-derived proxy; see the model card); modality_weights: how much
+    each of text/visual/audio counted (the fusion gate's share; 0 for a modality the post lacks);
+    model_version: the checkpoint.
     """
 
     label: str
