@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -127,8 +128,14 @@ DATABASE_CALLS = DatabaseCallDeadline()
 """The process's register; every engine made by ``stream.migrate.make_engine`` reports to it."""
 
 
+# Engines ``install`` has seen, with their register and deadline, for the code that talks to the server on
+# a raw DBAPI connection and so bypasses the dialect (``guarded_cursor``).
+_INSTALLED: weakref.WeakKeyDictionary[Engine, tuple[DatabaseCallDeadline, float | None]] = weakref.WeakKeyDictionary()
+
+
 def install(engine: Engine, deadline_s: float | None, calls: DatabaseCallDeadline = DATABASE_CALLS) -> Engine:
     """Route the engine's server round trips through ``calls`` with ``deadline_s`` (None: track only)."""
+    _INSTALLED[engine] = (calls, deadline_s)
     dialect = engine.dialect
 
     def wrap(name: str, connection_of: Callable[[Any], Any]) -> None:
@@ -145,3 +152,44 @@ def install(engine: Engine, deadline_s: float | None, calls: DatabaseCallDeadlin
     for name in ("do_commit", "do_rollback", "do_ping"):
         wrap(name, lambda dbapi_connection: dbapi_connection)
     return engine
+
+
+class GuardedCursor:
+    """A psycopg2 cursor of a raw pooled connection whose server round trips (``execute``,
+    ``copy_expert``) are registered like the dialect's, so a frozen server cuts them too; everything
+    else is the cursor's own."""
+
+    def __init__(self, cursor: Any, call: Callable[[str], contextlib.AbstractContextManager[None]]) -> None:
+        self._cursor = cursor
+        self._call = call
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        with self._call("execute"):
+            return self._cursor.execute(*args, **kwargs)
+
+    def copy_expert(self, *args: Any, **kwargs: Any) -> Any:
+        with self._call("copy"):
+            return self._cursor.copy_expert(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def __enter__(self) -> GuardedCursor:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self._cursor.close()
+            return
+        with contextlib.suppress(Exception):  # the connection may be gone: the error on its way matters
+            self._cursor.close()
+
+
+def raw_call_guard(engine: Engine, dbapi_connection: Any) -> Callable[[str], contextlib.AbstractContextManager[None]]:
+    """``guard(what)``: a context that registers one round trip of ``dbapi_connection`` (a raw connection of
+    ``engine``) with the engine's register and deadline; tracks nothing for an engine ``install`` never saw."""
+    installed = _INSTALLED.get(engine)
+    if installed is None:
+        return lambda what: contextlib.nullcontext()
+    calls, deadline_s = installed
+    return lambda what: calls.call(dbapi_connection, deadline_s, what)

@@ -19,9 +19,9 @@ post with different created_at at the same moment cannot split it: the later one
 Small batches go in with multi-row ``INSERT ... ON CONFLICT`` through psycopg2's ``execute_values``;
 batches from ``COPY_MIN_ROWS`` posts up are streamed with COPY into session-local staging tables (created
 once per connection) and moved with ``INSERT ... SELECT ... ON CONFLICT``, the same upserts: one statement
-places the keys and then the posts (a data-modifying CTE), one round trip carries the media and the
-sentiments (same rows, far fewer bytes parsed and round trips; bench/sink.py measures both against per-row
-``executemany``).  Keys repeated inside a batch are collapsed first, because PostgreSQL refuses to update
+places the keys, and while the server runs it the client encodes the posts, media and sentiments; one more
+round trip carries their three upserts (same rows, far fewer bytes parsed and round trips; bench/sink.py
+measures both against per-row ``executemany``).  Keys repeated inside a batch are collapsed first, because PostgreSQL refuses to update
 one row twice in one statement.  Both paths run their foreign-key checks with generic plans
 (``_GENERIC_PLANS``, for the transaction only).
 """
@@ -33,19 +33,25 @@ import io
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from psycopg2.extras import execute_values
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from connectors.post import Post
+from stream import db_deadline
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
 
 
 class SentimentLike(Protocol):
@@ -189,15 +195,16 @@ _SENTIMENTS_SQL = f"INSERT INTO sentiments ({_SENTIMENTS_COLUMNS}) VALUES %s{_SE
 _SENTIMENTS_TEMPLATE = "(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::text[], %s)"
 
 # The COPY path (``PostgresSink(bulk=...)``): rows are streamed with COPY into session-local staging tables
-# (no per-row parsing of SQL, no per-row round trip) and moved with the upserts above in two round trips:
-# one statement places the keys and then the posts (the data-modifying CTE ``k`` is the keys' RETURNING,
-# which the posts join and the sink reads back), and once media and sentiments are staged at those
-# places, one more carries both of their upserts.  The staging tables are created once per connection;
-# ON COMMIT DELETE ROWS empties them at every commit, and a rollback takes their rows too, so nothing
-# leaks from one batch into the next.
+# (no per-row parsing of SQL, no per-row round trip) and moved with the upserts above: the keys first (their
+# RETURNING gives each post its place), then the posts, media and sentiments, staged at those places, in
+# one more round trip.  The staging tables are created once per connection; ON COMMIT DELETE ROWS empties
+# them at every commit, and a rollback takes their rows too, so nothing leaks from one batch into the next.
 _STAGING_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_posts (
-    platform text, post_id text, author text, created_at timestamptz, text text, lang text, url text,
+CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_keys (
+    platform text, post_id text, created_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_placed_posts (
+    id bigint, created_at timestamptz, platform text, post_id text, author text, text text, lang text, url text,
     topic text, keywords text[], raw jsonb, ingested_at timestamptz, unscored_reason text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_media (
@@ -210,19 +217,16 @@ CREATE TEMP TABLE IF NOT EXISTS sentistream_stage_sentiments (
     scored_at timestamptz
 ) ON COMMIT DELETE ROWS;
 """
-_STAGED = "sentistream_staging_tables"  # key in a pooled connection's ``info``: its staging tables exist
-_POSTS_COPY = f"COPY sentistream_stage_posts ({_POSTS_COLUMNS}) FROM STDIN"
-_STAGE_POSTS_PLACED = ", ".join("k.created_at" if c == "created_at" else f"s.{c}" for c in _POSTS_COLUMNS.split(", "))
-_PLACE_FROM_STAGE = f"""
-WITH k AS (
-    INSERT INTO post_keys (platform, post_id, created_at) SELECT platform, post_id, created_at
-    FROM sentistream_stage_posts{_KEYS_UPSERT}
-), placed_posts AS (
-    INSERT INTO posts (id, {_POSTS_COLUMNS}) SELECT k.id, {_STAGE_POSTS_PLACED}
-    FROM sentistream_stage_posts s JOIN k ON k.platform = s.platform AND k.post_id = s.post_id{_POSTS_UPSERT}
-)
-SELECT id, platform, post_id, created_at FROM k
-"""
+_STAGED = "sentistream_staging_tables_2"  # key in a pooled connection's ``info``: its staging tables exist
+_KEYS_COPY = "COPY sentistream_stage_keys (platform, post_id, created_at) FROM STDIN"
+_KEYS_FROM_STAGE = ("INSERT INTO post_keys (platform, post_id, created_at) SELECT platform, post_id, created_at "
+                    f"FROM sentistream_stage_keys{_KEYS_UPSERT}")
+# A post row's columns after its place (id, created_at), in the order ``_post_row`` gives them.
+_POST_TAIL_COLUMNS = [c for c in _POSTS_COLUMNS.split(", ") if c != "created_at"]
+_PLACED_POSTS_COPY = (f"COPY sentistream_stage_placed_posts (id, created_at, {', '.join(_POST_TAIL_COLUMNS)}) "
+                      "FROM STDIN")
+_POSTS_FROM_STAGE = (f"INSERT INTO posts (id, {_POSTS_COLUMNS}) SELECT id, {_POSTS_COLUMNS} "
+                     f"FROM sentistream_stage_placed_posts{_POSTS_UPSERT}")
 _MEDIA_COPY = f"COPY sentistream_stage_media ({_MEDIA_COLUMNS}) FROM STDIN"
 _MEDIA_FROM_STAGE = (f"INSERT INTO post_media ({_MEDIA_COLUMNS}) SELECT {_MEDIA_COLUMNS} FROM sentistream_stage_media"
                      f"{_MEDIA_UPSERT}")
@@ -287,8 +291,11 @@ class PostgresSink:
         records = _last_per_key(records)
         copy = self.bulk == "copy" or (self.bulk == "auto" and len(records) >= COPY_MIN_ROWS)
         raw = self.engine.raw_connection()
+        # The raw connection's round trips bypass the dialect: registered here, a frozen server cuts them
+        # at the engine's deadline like every other call (stream/db_deadline.py).
+        guard = db_deadline.raw_call_guard(self.engine, raw.dbapi_connection)
         try:
-            with raw.cursor() as cur:
+            with db_deadline.GuardedCursor(raw.cursor(), guard) as cur:
                 if copy and records:
                     placed, n_media, n_sent = self._write_staged(cur, raw.info, records)
                 else:
@@ -299,12 +306,18 @@ class PostgresSink:
                 new_dead = self._write_dead_letters(cur, dead_letters)
                 for hook in self.hooks:
                     hook(cur, records, post_pks)
-            raw.commit()
+            with guard("commit"):
+                raw.commit()
             if copy and records:
                 raw.info[_STAGED] = True  # created in a committed transaction: they stay for the session
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception) and is_transient(exc):
+                # cut by the deadline, or the server went away: the pool must not hand this one out again
+                raw.invalidate(exc)
+                raise
             try:
-                raw.rollback()
+                with guard("rollback"):
+                    raw.rollback()
             except Exception:  # noqa: BLE001 - the connection may be gone; the original error matters
                 log.debug("rollback failed", exc_info=True)
             raise
@@ -316,36 +329,38 @@ class PostgresSink:
 
     def _write_staged(self, cur: Any, connection_info: dict[str, Any],
                       records: Sequence[SinkRecord]) -> tuple[dict[str, tuple[int, datetime]], int, int]:
-        """The COPY path: stage and place the posts, then stage media and sentiments at those places and
-        upsert both; returns key -> (id, created_at), and the numbers of media and sentiment rows."""
-        posts = _copy_body([_post_row(r.post, None if r.sentiment is not None else r.unscored_reason)
-                            for r in records])
+        """The COPY path: stage and upsert the keys, then stage posts, media and sentiments at the places
+        the keys returned and upsert all three; returns key -> (id, created_at), and the numbers of media
+        and sentiment rows.
+
+        Encoding rows is the client's main cost, the upserts the server's.  While the server places the
+        keys, this thread encodes the posts without the two placing columns, which are put in front of
+        each encoded row once the keys are back; while the server upserts the posts, it encodes the media
+        and sentiments the same way.  The two sides overlap instead of taking turns."""
+        keys = _copy_body([(r.post.platform, r.post.post_id, r.post.created_at) for r in records])
         if not connection_info.get(_STAGED):
             cur.execute(_STAGING_DDL)
-        cur.copy_expert(_POSTS_COPY, io.BytesIO(posts))
-        cur.execute(f"{_GENERIC_PLANS};{_PLACE_FROM_STAGE}")  # one round trip; the rows are the last result
-        placed = {f"{platform}:{post_id}": (pk, at) for pk, platform, post_id, at in cur.fetchall()}
-        media = {}
-        sentiments = []
-        scored_at = datetime.now(UTC).isoformat()  # one value for the batch, as the VALUES path binds
-        for r in records:
-            pk, at = placed[r.post.key]
-            place = (pk, at.isoformat())  # formatted once for the post's media and sentiment
-            for m in r.media:
-                media[(pk, m.url)] = (*place, m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256,
-                                      m.width, m.height, m.error, m.fetched_at)
-            if r.sentiment is not None:
-                sentiments.append(_sentiment_row(r.sentiment, r.modalities, place, scored_at))
+        cur.copy_expert(_KEYS_COPY, io.BytesIO(keys))
+        placed, post_tails = _overlapped(cur, _place_staged_keys, lambda: _copy_lines(
+            [_post_tail(r.post, None if r.sentiment is not None else r.unscored_reason) for r in records]))
+        places = {key: b"%d\t%s\t" % (pk, at.isoformat().encode()) for key, (pk, at) in placed.items()}
+        cur.copy_expert(_PLACED_POSTS_COPY, io.BytesIO(b"".join(
+            [places[r.post.key] + tail for r, tail in zip(records, post_tails, strict=True)])))
+        # the posts go in while the media and sentiments are encoded
+        _, (media_keys, media_tails, sentiment_keys, sentiment_tails) = _overlapped(
+            cur, lambda c: c.execute(_POSTS_FROM_STAGE), lambda: _unplaced_lines(records))
         upserts = []
-        if media:
-            cur.copy_expert(_MEDIA_COPY, io.BytesIO(_copy_body(list(media.values()))))
+        if media_tails:
+            body = b"".join([places[key] + tail for key, tail in zip(media_keys, media_tails, strict=True)])
+            cur.copy_expert(_MEDIA_COPY, io.BytesIO(body))
             upserts.append(_MEDIA_FROM_STAGE)
-        if sentiments:
-            cur.copy_expert(_SENTIMENTS_COPY, io.BytesIO(_copy_body(sentiments)))
+        if sentiment_tails:
+            body = b"".join([places[key] + tail for key, tail in zip(sentiment_keys, sentiment_tails, strict=True)])
+            cur.copy_expert(_SENTIMENTS_COPY, io.BytesIO(body))
             upserts.append(_SENTIMENTS_FROM_STAGE)
         if upserts:
             cur.execute(";".join(upserts))  # one round trip, one statement each
-        return placed, len(media), len(sentiments)
+        return placed, len(media_tails), len(sentiment_tails)
 
     def _write_posts(self, cur: Any, records: Sequence[SinkRecord]) -> dict[str, tuple[int, datetime]]:
         """Upsert the keys, then the posts where the keys place them; returns key -> (id, created_at)."""
@@ -390,6 +405,73 @@ class PostgresSink:
             return []
         rows = [_dead_letter_row(d) for d in dead]
         return list(execute_values(cur, _DEAD_SQL, rows, page_size=self.page_size, fetch=True))
+
+
+# One thread per concurrent COPY-path write, to run a statement while the writer's own thread encodes the
+# rest of the batch (``PostgresSink._write_staged``).
+_PLACER = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sink-place")
+
+
+def _place_staged_keys(cur: Any) -> dict[str, tuple[int, datetime]]:
+    """Upsert the staged keys; key -> the post's place (id, created_at)."""
+    cur.execute(f"{_GENERIC_PLANS};{_KEYS_FROM_STAGE}")  # one round trip; the rows are the last result
+    return {f"{platform}:{post_id}": (pk, at) for pk, platform, post_id, at in cur.fetchall()}
+
+
+def _post_tail(post: Post, unscored_reason: str | None) -> tuple[Any, ...]:
+    """A posts row after its place: ``_post_row`` without created_at (the key's, which may be older)."""
+    row = _post_row(post, unscored_reason)
+    return row[:3] + row[4:]
+
+
+def _overlapped(cur: Any, statement: Callable[[Any], _T], encode: Callable[[], _U]) -> tuple[_T, _U]:
+    """``statement(cur)`` on a placer thread while this thread runs ``encode()`` (psycopg2 lets go of the
+    GIL while the server works); both results, or the first error once the statement is done with the
+    cursor (the caller then rolls back)."""
+    started = threading.Event()
+
+    def run() -> _T:
+        started.set()
+        return statement(cur)
+
+    running = _PLACER.submit(run)
+    # Wait until the placer runs: a thread woken while this one encodes would wait for the GIL (up to the
+    # 5 ms switch interval) before it could send anything, and the two sides would take turns after all.
+    started.wait()
+    try:
+        encoded = encode()
+    except BaseException:
+        futures.wait([running])
+        raise
+    return running.result(), encoded
+
+
+def _unplaced_lines(records: Sequence[SinkRecord]) -> tuple[list[str], list[bytes], list[str], list[bytes]]:
+    """The batch's media and sentiment rows in COPY text without their two placing columns, each with its
+    post's key.  A media URL repeated on one post is one row (the last outcome), as the VALUES path keeps
+    it."""
+    media: dict[tuple[str, str], tuple[Any, ...]] = {}
+    sentiment_keys, sentiments = [], []
+    scored_at = datetime.now(UTC).isoformat()  # one value for the batch, as the VALUES path binds
+    for r in records:
+        key = r.post.key
+        for m in r.media:
+            media[(key, m.url)] = (m.url, m.kind, m.status, m.content_type, m.bytes, m.sha256, m.width, m.height,
+                                   m.error, m.fetched_at)
+        if r.sentiment is not None:
+            sentiment_keys.append(key)
+            sentiments.append(_sentiment_row(r.sentiment, r.modalities, (), scored_at))
+    return [key for key, _ in media], _copy_lines(list(media.values())), sentiment_keys, _copy_lines(sentiments)
+
+
+def _copy_lines(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """Each row in COPY text format with its line end; COPY escapes newlines inside fields, so the body's
+    lines are the rows."""
+    if not rows:
+        return []
+    lines = _copy_body(rows).split(b"\n")
+    lines.pop()  # after the last line end
+    return [line + b"\n" for line in lines]
 
 
 # Placeholders while a batch is joined: a field's end, a row's end, NULL.  Escaping then runs once over
@@ -512,7 +594,13 @@ _JSON_TEXT = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_asci
 def _jsonb(value: Any) -> str:
     # jsonb rejects the \u0000 escape that json.dumps writes for NUL characters: replace NUL in every
     # string and key first (a textual replace would also rewrite an escaped backslash followed by u0000).
-    return _JSON_TEXT.encode(_without_nul(value))
+    # The encoder writes a NUL only as that escape, so a text without "\u0000" had none: encoded as it
+    # is, without the walk (a backslash before "u0000" in the data also shows it, and takes the walk).
+    try:
+        text = _JSON_TEXT.encode(value)
+    except TypeError:  # a key json does not take (the walk makes every key a string)
+        text = "\\u0000"
+    return text if "\\u0000" not in text else _JSON_TEXT.encode(_without_nul(value))
 
 
 def _without_nul(value: Any) -> Any:

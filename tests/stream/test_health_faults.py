@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg2
 import pytest
 import requests
 from sqlalchemy import create_engine, text
@@ -30,6 +31,7 @@ from stream import db_deadline
 from stream.db_deadline import DatabaseCallDeadline
 from stream.embedded import EmbeddedBroker, free_port
 from stream.migrate import DatabaseTimeouts, make_engine
+from stream.sink import PostgresSink, SinkRecord
 from tests.stream.conftest import make_posts, wait_for
 
 pytestmark = pytest.mark.slow
@@ -198,6 +200,36 @@ def test_a_call_to_a_frozen_server_is_cut_at_its_deadline_and_reported_in_flight
     proxy.thaw()
     with engine.connect() as conn:  # the cut connection was dropped; a new one works after the thaw
         assert conn.execute(text("SELECT 41 + 1")).scalar() == 42
+    engine.dispose()
+
+
+@pytest.mark.parametrize("bulk", ["copy", "values"])
+def test_a_sink_write_to_a_server_frozen_mid_batch_is_cut_and_leaves_nothing_behind(
+        frozen_db_proxy, embedded_db, bulk: str) -> None:
+    """The sink talks to the server on a raw connection, past the dialect: its statements, COPYs and
+    commit are registered too, so a server that freezes after the connection was checked out (no ping
+    stands between them here) is cut at the deadline instead of hanging the worker's batch forever."""
+    proxy, url = frozen_db_proxy
+    calls = DatabaseCallDeadline(poll_s=0.2)
+    timeouts = DatabaseTimeouts(connect_s=2, statement_s=1.0)
+    engine = db_deadline.install(
+        create_engine(url, connect_args=timeouts.connect_args(make_url(url)), pool_size=1, max_overflow=0),
+        timeouts.call_deadline_s, calls)
+    records = [SinkRecord(post=p) for p in make_posts(300, prefix=f"frozen-{bulk}-")]
+    sink = PostgresSink(engine, bulk=bulk)
+    with engine.connect() as conn:  # the pool's one connection exists before the freeze
+        conn.execute(text("SELECT 1"))
+    proxy.freeze()
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError, match="server closed the connection"):
+        sink.write(records)
+    waited = time.monotonic() - started
+    assert 2.5 < waited < 20, waited  # the 3 s deadline; the frozen server never cancels anything itself
+    assert calls.cut_count >= 1 and calls.oldest_in_flight_s() is None
+    proxy.thaw()
+    assert not stored_ids(embedded_db) & {r.post.post_id for r in records}  # nothing of the cut batch
+    assert sink.write(records).posts == 300  # the cut connection was dropped; the batch goes in again
+    assert {r.post.post_id for r in records} <= stored_ids(embedded_db)
     engine.dispose()
 
 

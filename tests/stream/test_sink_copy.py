@@ -182,11 +182,42 @@ def test_auto_takes_the_copy_path_from_the_threshold_and_a_failed_batch_leaves_n
             # the staging tables exist on this (pooled) connection, so auto did take the COPY path
             staged = conn.execute(text("SELECT count(*) FROM pg_class WHERE relname LIKE 'sentistream_stage_%' "
                                        "AND relpersistence = 't'")).scalar()
-            assert staged == 3
-            assert conn.execute(text("SELECT count(*) FROM sentistream_stage_posts")).scalar() == 0
+            assert staged == 4
+            for table in ("keys", "placed_posts", "media", "sentiments"):
+                assert conn.execute(text(f"SELECT count(*) FROM sentistream_stage_{table}")).scalar() == 0
             # the sink's generic plans for foreign-key checks ended with its transaction
             assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "auto"
         # the staging tables, created once per connection, take the next batches too
         assert sink.write(good).posts == COPY_MIN_ROWS
+    finally:
+        engine.dispose()
+
+
+def test_a_row_that_cannot_be_encoded_while_the_posts_are_placed_rolls_the_whole_batch_back(
+        migrated_db: str) -> None:
+    """The COPY path encodes media and sentiments while another thread places the posts on the same
+    connection: an error there must wait for the placing, roll everything back and leave the connection
+    fit for the next batch."""
+    engine = create_engine(migrated_db, pool_size=1, max_overflow=0)
+    try:
+        sink = PostgresSink(engine, bulk="copy")
+
+        def batch(prefix: str, broken: int | None) -> list[SinkRecord]:
+            return [SinkRecord(post=Post(platform="reddit", post_id=f"{prefix}{i}", text="fine", created_at=START),
+                               media=[MediaOutcome(url=f"http://x/{i}", kind="image", status="ok",
+                                                   bytes=object() if i == broken else 10)],  # type: ignore[arg-type]
+                               sentiment=Verdict("neutral", {"neutral": 1.0}, 0.0)) for i in range(300)]
+
+        with pytest.raises(TypeError, match="no COPY form for object"):
+            sink.write(batch("bad", broken=299))
+        result = sink.write(batch("good", broken=None))
+        assert (result.posts, result.media, result.sentiments) == (300, 300, 300)
+        with engine.connect() as conn:
+            counts = conn.execute(text(
+                "SELECT (SELECT count(*) FROM posts WHERE post_id LIKE 'bad%'), "
+                "(SELECT count(*) FROM post_keys WHERE post_id LIKE 'bad%'), "
+                "(SELECT count(*) FROM posts), (SELECT count(*) FROM post_media), "
+                "(SELECT count(*) FROM sentiments)")).one()
+        assert tuple(counts) == (0, 0, 300, 300, 300)
     finally:
         engine.dispose()
