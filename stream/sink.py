@@ -21,8 +21,8 @@ batches from ``COPY_MIN_ROWS`` posts up are streamed with COPY into session-loca
 once per connection) and moved with ``INSERT ... SELECT ... ON CONFLICT``, the same upserts: one statement
 places the keys, and while the server runs it the client encodes the posts, media and sentiments; one more
 round trip carries their three upserts (same rows, far fewer bytes parsed and round trips; bench/sink.py
-measures both against per-row ``executemany``).  Keys repeated inside a batch are collapsed first, because PostgreSQL refuses to update
-one row twice in one statement.  Both paths run their foreign-key checks with generic plans
+measures both against per-row ``executemany``).  Keys repeated inside a batch are collapsed first,
+because PostgreSQL refuses to update one row twice in one statement.  Both paths run their foreign-key checks with generic plans
 (``_GENERIC_PLANS``, for the transaction only).
 """
 
@@ -243,10 +243,11 @@ _SENTIMENTS_FROM_STAGE = (f"INSERT INTO sentiments ({_SENTIMENTS_COLUMNS}) SELEC
 # /proc, loaded machine: 41 ms with the default plan cache, 17 ms with generic plans.
 _GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
 
-COPY_MIN_ROWS = 256
-"""Batches of at least this many posts take the COPY path (``bulk="auto"``).  bench/sink.py, one run:
-at 64 posts the staging statements' fixed round trips made COPY slower than ``execute_values`` in three
-cases of four; at 1,000 COPY was 1.2-1.7x faster in all four (both back ends, new rows and replays)."""
+COPY_MIN_ROWS = 48
+"""Batches of at least this many posts take the COPY path (``bulk="auto"``).  bench/sink.py, one quiet run
+after the COPY path began overlapping encoding with the server's work (#14 goal 6): VALUES wins at 4 and 16
+posts a batch (the staging round trips), the two tie at 32, COPY wins from 64 (1.2x at the worker's
+default batch of 64, 2.2x at 1,000)."""
 
 _DEAD_SQL = """
 INSERT INTO dead_letters (source_topic, source_partition, source_offset, key, reason, payload, payload_sha256)
