@@ -5,7 +5,7 @@ media outcome (the shape of a scored batch), into a throwaway database migrated 
 
 * ``PostgresSink.write`` — the worker's real sink, one call (one transaction) per batch, on each of its
   two bulk paths: COPY into staging tables then ``INSERT ... SELECT ... ON CONFLICT`` ("copy", what
-  batches from 256 posts take) and multi-row upserts via ``execute_values`` ("values");
+  batches from ``stream.sink.COPY_MIN_ROWS`` posts take) and multi-row upserts via ``execute_values`` ("values");
 * per-row, one commit per batch — the sink's own statements executed one row at a time;
 * per-row, one commit per row — what a sink without batching does.
 
