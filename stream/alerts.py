@@ -399,6 +399,14 @@ class SpikeDetector:
             if (key.topic, key.model_version) in lengths:
                 lengths[(key.topic, key.model_version)].add(key.window_seconds)
         chosen = {tm: self.detection_window(tm[0], tm[1], sorted(ls)) for tm, ls in lengths.items()}
+        # Every window of the batch takes its new numbers before any closes: the watermark can pass several
+        # windows at once (a batch that caught up, overload mode's wide batches), and a window closed while
+        # the loop below had not reached it yet would be judged on the numbers an earlier batch left, its
+        # fresh ones then dropped as late (a burst split across partitions was missed that way).
+        for agg in aggs:
+            state = self._state(series_of(agg))
+            if state.closed_until is None or agg.window_start > state.closed_until:
+                state.open[agg.window_start] = agg
         out: list[Look] = []
         for agg in aggs:
             emit = chosen[(agg.topic, agg.model_version)] == agg.window_seconds

@@ -514,3 +514,22 @@ def test_a_model_that_fails_on_the_examples_costs_the_words_not_the_alert() -> N
     overall, _ = attach_attended_words(examples, lambda texts: [[(t.split()[0], 0.6)] for t in texts])
     assert examples[0]["attended_words"] == [{"word": "app", "weight": 0.6}]
     assert overall == [{"word": "app", "weight": 0.3}, {"word": "outage", "weight": 0.3}]
+
+
+def test_a_window_the_watermark_passes_in_the_batch_that_completes_it_is_judged_on_its_final_numbers() -> None:
+    """A catching-up batch (overload mode's wide batches, a worker back from an outage) can move the
+    watermark past several windows at once.  A window an earlier batch left open with part of its posts
+    must be closed with the numbers this batch brings, not the stale ones: the burst below reached the
+    detector as 8 of its 24 posts from one partition, then whole in the batch that closed it."""
+    config = SpikeConfig(min_volume=20)
+    calm = [([_agg("acme", i, 24, 0), _agg("acme", i + 1, 12, 0)], T0 + timedelta(minutes=i + 1, seconds=30))
+            for i in range(19)]
+    partial = ([_agg("acme", 19, 16, 0), _agg("acme", 20, 8, 8)], T0 + timedelta(minutes=19, seconds=50))
+    caught_up = ([_agg("acme", 19, 24, 0), _agg("acme", 20, 24, 24), *(_agg("acme", i, 24, 0) for i in range(21, 26))],
+                 T0 + timedelta(minutes=26, seconds=30))
+    opened = [e for e in _events([*calm, partial, caught_up], config) if e[0] == "opened"]
+    assert [(start, n, neg) for _, _, start, _, n, neg in opened] == [(T0 + timedelta(minutes=20), 24, 24)]
+    # the same posts in batches that close one window at a time: the same alert
+    stepwise = [*calm, partial, *(([a], T0 + timedelta(minutes=a.window_start.minute + 1, seconds=30))
+                                  for a in caught_up[0])]
+    assert [e for e in _events(stepwise, config) if e[0] == "opened"] == opened
