@@ -833,8 +833,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = get_args_parser().parse_args(argv)
-    if argv is not None:
-        args.command_line = shlex.join(["python", "-m", "model.train", *argv])
+    # As it is typed: `python -m model.train ...` (sys.argv[0] is then the file's path, not the command).
+    args.command_line = shlex.join(["python", "-m", "model.train", *(sys.argv[1:] if argv is None else argv)])
     return run(args)
 
 

@@ -67,11 +67,14 @@ def test_the_reading_says_significant_only_when_every_seed_is_beaten_significant
         labels, np.ones(300, dtype=bool), _verdicts(ablation.ROLES[0], labels, 0),
         [_verdicts(ablation.ROLES[1], p, k) for k, p in enumerate(noisy)]
         + [_verdicts(ablation.ROLES[2], close, 0), _verdicts(ablation.ROLES[2], noisy[0], 1)], 200, 1.0)
+    result.reference.seed_accuracies = [0.70, 0.72, 0.74]
     text = ablation.render_markdown(result, "python -m model.fusion_ablation")
-    assert f"vs {ablation.ROLES[1]} over 3 seed(s)" in text
-    assert "the shipped model is significantly better than every seed (largest p = 0.005)" in text
-    picture_line = next(line for line in text.splitlines() if f"vs {ablation.ROLES[2]}" in line)
-    assert "but not significantly for all" in picture_line
+    assert "over its 3 seeds (recorded in the shipped checkpoint" in text and "accuracy 72.0 ± 2.0" in text
+    text_line = next(line for line in text.splitlines() if f"vs {ablation.ROLES[1]} (3 seed(s))" in line)
+    assert "accuracy 100.0 against" in text_line
+    assert "better than every seed, significantly (largest p = 0.005)" in text_line
+    picture_line = next(line for line in text.splitlines() if f"vs {ablation.ROLES[2]} (2 seed(s))" in line)
+    assert "significantly for 1 of 2" in picture_line
 
 
 @pytest.mark.parametrize("existing", [None, "notes\n"])
