@@ -32,6 +32,7 @@ import numpy as np
 
 from model import metrics
 from model.labels import LABELS
+from model.modality_contribution import add_dev_scoring_arguments
 from model.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -214,11 +215,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-only", type=_paths, default=[], help="comma-separated text-only checkpoints")
     parser.add_argument("--picture-only", type=_paths, default=[], help="comma-separated picture-only checkpoints")
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write the section into")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--limit", type=int, default=None, help="first N dev posts only (smoke runs)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_dev_scoring_arguments(parser)
     return parser
 
 

@@ -174,12 +174,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model.modality_contribution", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint .pt (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=None, help="markdown file (default: print only)")
+    add_dev_scoring_arguments(parser)
+    return parser
+
+
+def add_dev_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """How MVSA dev is scored through the Scorer and tested, for every report that does it this way."""
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--limit", type=int, default=None, help="first N dev posts only (smoke runs)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
