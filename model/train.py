@@ -559,7 +559,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sentistream model train`` (registered by ``model.cli``)."""
     add = parser.add_argument
-    add("--fusion", default="concat", choices=["concat", "gmu", "lowrank", "crossattn"])
+    add("--fusion", default="gmu", choices=["concat", "gmu", "lowrank", "crossattn"],
+        help="gmu (the shipped model): a learned gate, so modality weights say which modality drove a score")
     add("--modalities", default="text,visual", help="comma-separated subset of text,visual,audio")
     add("--no-text-cnn", action="store_true", help="ablation: token vectors straight into the BiLSTM")
     add("--pooling", default="attention", choices=["attention", "mean", "max"])
@@ -568,7 +569,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--context-norm", default="l2", choices=["l2", "batch", "none"])
     add("--dropout", type=float, default=0.3)
     add("--input-dropout", type=float, default=0.1)
-    add("--intensity-weight", type=float, default=0.1, help="weight of the (proxy) intensity loss")
+    add("--intensity-weight", type=float, default=0.5, help="weight of the intensity loss (smooth L1)")
     add("--class-weights", default="sqrt", choices=["none", "sqrt", "balanced"])
     add("--finetune-layers", type=int, default=0, help="fine-tune the top k encoder layers from cache")
     add("--text-encoder", default=None,
@@ -584,7 +585,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="augmented views cached per MVSA train picture, one drawn per step (0: no augmentation)")
     add("--image-repeat", type=int, default=2, help="times MVSA train is repeated per epoch")
     add("--train-limit", type=int, default=None, help="first N training examples only (smoke runs)")
-    add("--epochs", type=int, default=12)
+    add("--epochs", type=int, default=8)
     add("--max-steps-per-epoch", type=int, default=None)
     add("--batch-size", type=int, default=32)
     add("--eval-batch-size", type=int, default=128)

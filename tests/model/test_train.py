@@ -182,3 +182,13 @@ def test_model_cli_routes_train_with_its_own_options(capsys):
     args = parser.parse_args(["--fusion", "gmu", "--no-text-cnn", "--pooling", "max"])
     config = training.config_from_args(args, None)
     assert (config.fusion, config.text_cnn, config.pooling) == ("gmu", False, "max")
+
+
+@pytest.mark.skipif(not checkpoint.DEFAULT_CHECKPOINT.exists(), reason="default checkpoint not trained yet")
+def test_training_defaults_build_the_shipped_network():
+    """`model train` without options trains the network that ships (fusion, heads, loss weights), so a
+    user retraining on their own data starts from the recipe the model card reports, not an older one."""
+    shipped = ModelConfig.from_dict(checkpoint.read_payload()["config"])
+    defaults = training.config_from_args(training.get_args_parser().parse_args([]), shipped.class_weights,
+                                         text_dim=shipped.text_dim, visual_dim=shipped.visual_dim)
+    assert defaults == shipped
