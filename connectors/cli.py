@@ -27,6 +27,8 @@ from connectors.broker import BrokerTarget
 from connectors.platform_access import PLATFORM_ACCESS
 
 if TYPE_CHECKING:  # the parsers are built on every `sentistream` call: Kafka and SQLAlchemy load per command
+    from sqlalchemy.engine import Engine
+
     from connectors.base import BackoffPolicy, Connector
     from connectors.credentials import Credentials
     from connectors.publisher import KafkaPublisher
@@ -39,6 +41,10 @@ EXIT_OK, EXIT_PUBLISH, EXIT_CONFIG = 0, 1, 2
 PLATFORMS = ("twitter", "reddit", "bluesky", "mastodon")
 
 ResolveServices = Callable[..., Any]
+# database URL -> an engine for the cursor store.  stream/ passes one with its timeouts and per-call
+# deadline, so a frozen server fails a cursor save (logged; the run goes on) instead of hanging the
+# connector in libpq's recv forever; None builds a plain engine.
+CursorEngineFactory = Callable[[str], "Engine"]
 
 
 def _out(text: str) -> None:
@@ -51,7 +57,8 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
-def register(subparsers: argparse._SubParsersAction, resolve_services: ResolveServices) -> None:
+def register(subparsers: argparse._SubParsersAction, resolve_services: ResolveServices,
+             cursor_engine: CursorEngineFactory | None = None) -> None:
     """Add ``ingest <source>`` subcommands to the main parser."""
     ingest = subparsers.add_parser("ingest", help="run a connector: social platform or JSONL replay -> Kafka")
     sources = ingest.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -96,7 +103,8 @@ def register(subparsers: argparse._SubParsersAction, resolve_services: ResolveSe
             p.add_argument("--local", action="store_true", help="the instance's local timeline only")
         _common(p)
         p.set_defaults(func=lambda args, *rest, _p=platform: cmd_platform(_p, args, resolve_services,
-                                                                        rest[0] if rest else None))
+                                                                        rest[0] if rest else None),
+                       cursor_engine=cursor_engine)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -268,7 +276,9 @@ def cmd_platform(platform: str, args: argparse.Namespace, resolve: ResolveServic
     _serve_metrics(args.metrics_port)
     with _services(resolve, need_database=True) as (target, database_url):
         topic = _kafka_topic(args, settings)
-        store = PostgresCursorStore(database_url)
+        make_engine = getattr(args, "cursor_engine", None)
+        store = (PostgresCursorStore(database_url) if make_engine is None
+                 else PostgresCursorStore(engine=make_engine(database_url)))
         try:
             _prepare_topic(target, topic, settings)
             with KafkaPublisher(target, topic) as publisher:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from stream.settings import Settings, SettingsError
 
 if TYPE_CHECKING:  # building the parser imports nothing heavy: `sentistream --help` answers at once
+    from sqlalchemy.engine import Engine
+
     from connectors.broker import BrokerTarget
 
 log = logging.getLogger("sentistream")
@@ -48,6 +50,14 @@ def _out(text: str) -> None:
 
 class BrokerNotRunningError(RuntimeError):
     """No broker is configured and no embedded one is running: a private one would lose what it gets."""
+
+
+def cursor_store_engine(database_url: str) -> Engine:
+    """The connectors' cursor-store engine: this process's database timeouts and per-call deadline
+    (``stream.migrate.make_engine``), one connection, so a frozen server cannot hang a connector."""
+    from stream.migrate import make_engine
+
+    return make_engine(database_url, pool_size=1, max_overflow=1)
 
 
 @contextlib.contextmanager
@@ -304,7 +314,7 @@ def _register_optional(sub: argparse._SubParsersAction) -> None:
         rescore.register(sub)
     import importlib
 
-    for module, args in (("connectors.cli", (resolve_broker_and_database,)), ("model.cli", ()),
+    for module, args in (("connectors.cli", (resolve_broker_and_database, cursor_store_engine)), ("model.cli", ()),
                          ("stream.alerts_cli", ())):
         try:
             importlib.import_module(module).register(sub, *args)

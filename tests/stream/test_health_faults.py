@@ -233,6 +233,33 @@ def test_a_sink_write_to_a_server_frozen_mid_batch_is_cut_and_leaves_nothing_beh
     engine.dispose()
 
 
+def test_a_connectors_cursor_save_to_a_frozen_server_is_cut_and_the_connector_can_go_on(
+        frozen_db_proxy, monkeypatch) -> None:
+    """`sentistream ingest <platform>` saves its cursor through the engine stream/ hands it, with this
+    process's timeouts and per-call deadline: a frozen server fails the save (the connector logs it and
+    keeps polling; its posts are already in Kafka) instead of hanging the connector in libpq forever."""
+    from connectors.cursor import CursorStoreError, PostgresCursorStore
+    from stream import cli as stream_cli
+
+    proxy, url = frozen_db_proxy
+    monkeypatch.setenv("SENTISTREAM_DB_STATEMENT_TIMEOUT_S", "1")
+    monkeypatch.setenv("SENTISTREAM_DB_CONNECT_TIMEOUT_S", "2")
+    args = stream_cli.build_parser().parse_args(["ingest", "mastodon", "--topics", "topics.yaml"])
+    assert args.cursor_engine is stream_cli.cursor_store_engine  # what cmd_platform builds its store with
+    store = PostgresCursorStore(engine=args.cursor_engine(url))
+    store.save("mastodon-frozen", "100")
+    proxy.freeze()
+    started = time.monotonic()
+    with pytest.raises(CursorStoreError, match="cannot save the cursor of 'mastodon-frozen'"):
+        store.save("mastodon-frozen", "101")
+    waited = time.monotonic() - started
+    assert 2.5 < waited < 20, waited  # statement 1 s + connect 2 s; the frozen server cancels nothing itself
+    proxy.thaw()
+    store.save("mastodon-frozen", "102")  # the cut connection was dropped; the next save gets a new one
+    assert store.load("mastodon-frozen") == "102"
+    store.close()
+
+
 def test_long_statements_can_opt_out_of_the_statement_timeout(embedded_db) -> None:
     short = make_engine(embedded_db, timeouts=DatabaseTimeouts(statement_s=0.5))
     long = make_engine(embedded_db, timeouts=DatabaseTimeouts(statement_s=0.5).without_statement_timeout())
